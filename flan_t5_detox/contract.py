@@ -54,6 +54,15 @@ def decode_hyperparameters(raw: dict[str, str]) -> dict[str, object]:
     return decoded
 
 
+def _rebase(path: str | Path, root: Path) -> Path:
+    """Container paths under /opt/ml map into `root` when a local folder stands in for it."""
+    path = Path(path)
+    try:
+        return root / path.relative_to(DEFAULT_ML_ROOT)
+    except ValueError:
+        return path
+
+
 def _read_json(path: Path, default):
     if not path.is_file():
         return default
@@ -109,7 +118,7 @@ class TrainingJobEnvironment:
             if key.startswith("SM_CHANNEL_") and key != "SM_CHANNELS":
                 channels[key[len("SM_CHANNEL_") :].lower()] = Path(value)
 
-        checkpoint_dir = Path(checkpoint_config.get("LocalPath") or root / "checkpoints")
+        checkpoint_dir = _rebase(checkpoint_config.get("LocalPath") or DEFAULT_ML_ROOT / "checkpoints", root)
         return cls(
             root=root,
             hyperparameters=hyperparameters,
@@ -155,12 +164,12 @@ class ProcessingJobEnvironment:
         for item in job_config.get("ProcessingInputs", []) or []:
             s3_input = item.get("S3Input") or {}
             if s3_input.get("LocalPath"):
-                inputs[item["InputName"]] = Path(s3_input["LocalPath"])
+                inputs[item["InputName"]] = _rebase(s3_input["LocalPath"], root)
         outputs_cfg = (job_config.get("ProcessingOutputConfig") or {}).get("Outputs", []) or []
         for item in outputs_cfg:
             s3_output = item.get("S3Output") or {}
             if s3_output.get("LocalPath"):
-                outputs[item["OutputName"]] = Path(s3_output["LocalPath"])
+                outputs[item["OutputName"]] = _rebase(s3_output["LocalPath"], root)
         input_dir = root / "processing" / "input"
         if input_dir.is_dir():
             for path in input_dir.iterdir():

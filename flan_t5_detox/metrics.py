@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 # Order is the order printed; names never change once shipped.
@@ -44,10 +45,9 @@ def format_metrics_line(metrics: dict[str, float]) -> str:
 
 def metric_definitions(prefix: str = "train:") -> list[dict[str, str]]:
     """SageMaker `MetricDefinitions` matching `format_metrics_line`."""
+    line = re.escape(LINE_PREFIX)
     return [
-        {"Name": prefix + name, "Regex": rf"{LINE_PREFIX.replace('[', r'\[').replace(']', r'\]')}.* {name}={_NUMBER}"}
-        for name in METRIC_NAMES
-        if name != "step"
+        {"Name": prefix + name, "Regex": f"{line}.* {name}={_NUMBER}"} for name in METRIC_NAMES if name != "step"
     ]
 
 

@@ -1,0 +1,48 @@
+"""Running a job body with SageMaker's failure conventions.
+
+Exit 0 = Completed. Anything else = Failed, with the reason in output/failure
+(first 1024 chars become FailureReason) and, for processing jobs, in
+output/message (ExitMessage). User errors print one clear line, no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from .contract import JobInputError, write_failure
+
+log = logging.getLogger("flan_t5_detox")
+
+EXIT_BAD_INPUT = 2
+EXIT_ERROR = 1
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    for noisy in ("transformers", "datasets", "accelerate", "trl", "peft"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_job(body: Callable[[], int], failure_files: list[Path]) -> int:
+    try:
+        return body()
+    except JobInputError as exc:
+        message = f"Bad input: {exc}"
+        code = EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - anything else is reported, then the job fails
+        message = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}"
+        code = EXIT_ERROR
+    for path in failure_files:
+        write_failure(path, message)
+    log.error(message.splitlines()[0])
+    print(message.splitlines()[0], file=sys.stderr)
+    return code

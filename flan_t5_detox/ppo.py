@@ -1,0 +1,166 @@
+"""The PPO loop: rollout (batched generation) -> reward -> trl PPO step, with checkpoints.
+
+The policy comes from `models.build_policy`, whose reference (adapter disabled)
+is the starting summarizer, so trl's KL penalty pulls toward the model we
+started from. Everything a resumed run needs is in `checkpoint.Snapshot`.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from trl import PPOConfig, PPOTrainer
+
+from . import checkpoint
+from .config import TrainConfig
+from .data import BatchOrder, Example
+from .generation import LengthSampler, SamplingSettings, decode, generate
+
+# A reward function maps (query texts, response texts, response token ids) to one score each.
+RewardFn = Callable[[list[str], list[str], list[torch.Tensor]], torch.Tensor]
+
+
+class Preempted(Exception):
+    """SIGTERM arrived (job stop or spot interruption)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite rewards or a KL beyond `max_kl`: stop with the last good step on disk."""
+
+
+def ppo_config(config: TrainConfig) -> PPOConfig:
+    return PPOConfig(
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        mini_batch_size=config.mini_batch_size,
+        ppo_epochs=config.ppo_epochs,
+        init_kl_coef=config.init_kl_coef,
+        adap_kl_ctrl=config.adap_kl_ctrl,
+        target=config.kl_target,
+        horizon=config.kl_horizon,
+        cliprange=config.cliprange,
+        cliprange_value=config.cliprange_value,
+        vf_coef=config.vf_coef,
+        gamma=config.gamma,
+        lam=config.lam,
+        max_grad_norm=config.max_grad_norm or None,
+        seed=config.seed,
+        optimize_cuda_cache=False,
+    )
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    queries: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+
+
+class DetoxTrainer:
+    """Owns the trl trainer, the data order, the length sampler and the last good snapshot."""
+
+    def __init__(self, config: TrainConfig, policy, tokenizer, prompts: list[Example], reward_fn: RewardFn):
+        self.config = config
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.reward_fn = reward_fn
+        self.trl = PPOTrainer(config=ppo_config(config), model=policy, ref_model=None, tokenizer=tokenizer)
+        self.order = BatchOrder(len(prompts), config.batch_size, config.seed)
+        self.lengths = LengthSampler(config.output_min_length, config.output_max_length, config.seed + 1)
+        self.sampling = SamplingSettings(config.min_length, config.top_k, config.top_p)
+        self.prompts = prompts
+        self.query_ids = [
+            torch.tensor(ids)
+            for ids in tokenizer([p.prompt for p in prompts], truncation=True)["input_ids"]
+        ]
+        self.step = 0
+        self.position = 0
+        self.last_good = self.snapshot()
+
+    # -- state -------------------------------------------------------------
+    def snapshot(self) -> checkpoint.Snapshot:
+        return checkpoint.take_snapshot(
+            self.step, self.position, self.trl.kl_ctl.value, self.policy, self.trl.optimizer, self.lengths.rng
+        )
+
+    def restore(self, snap: checkpoint.Snapshot) -> None:
+        checkpoint.restore(snap, self.policy, self.trl.optimizer, self.lengths.rng)
+        self.trl.kl_ctl.value = snap.kl_coef
+        self.step, self.position = snap.step, snap.position
+        self.last_good = snap
+
+    # -- one step ----------------------------------------------------------
+    def run_step(self) -> StepResult:
+        t_start = time.perf_counter()
+        indices = self.order.batch(self.position)
+        queries = [self.query_ids[i] for i in indices]
+        query_texts = [self.prompts[i].prompt for i in indices]
+
+        t0 = time.perf_counter()
+        self.policy.eval()
+        responses = generate(
+            self.policy,
+            self.tokenizer,
+            queries,
+            self.lengths.sample(len(queries)),
+            self.sampling,
+            self.config.generation_batch_size,
+        )
+        t1 = time.perf_counter()
+        response_texts = decode(self.tokenizer, responses)
+        scores = self.reward_fn(query_texts, response_texts, responses).float()
+        t2 = time.perf_counter()
+        if not torch.isfinite(scores).all():
+            raise TrainingDiverged(f"non-finite rewards at step {self.step + 1}")
+
+        stats = self.trl.step(queries, responses, list(scores))
+        t3 = time.perf_counter()
+
+        kl = float(stats["objective/kl"])
+        if not math.isfinite(kl) or kl > self.config.max_kl:
+            raise TrainingDiverged(
+                f"mean KL {kl:.3g} exceeded max_kl={self.config.max_kl} at step {self.step + 1}"
+            )
+        self.step += 1
+        self.position += 1
+        metrics = {
+            "step": self.step,
+            "reward_mean": float(scores.mean()),
+            "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "kl": kl,
+            "kl_coef": float(stats["objective/kl_coef"]),
+            "returns_mean": float(stats["ppo/returns/mean"]),
+            "advantages_mean": float(stats["ppo/policy/advantages_mean"]),
+            "policy_loss": float(stats["ppo/loss/policy"]),
+            "value_loss": float(stats["ppo/loss/value"]),
+            "response_length_mean": float(np.mean([len(r) - 1 for r in responses])),
+            "time_generate": t1 - t0,
+            "time_reward": t2 - t1,
+            "time_ppo": t3 - t2,
+            "time_step": t3 - t_start,
+        }
+        self.last_good = self.snapshot()
+        return StepResult(metrics, query_texts, response_texts)
+
+
+class SigtermGuard:
+    """Turns SIGTERM into `Preempted` raised in the main thread while training runs."""
+
+    def __enter__(self):
+        def handler(signum, frame):
+            # One-shot: a second SIGTERM must not interrupt writing the checkpoint.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise Preempted()
+
+        self._previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+        return False
