@@ -3,12 +3,13 @@
 A checkpoint is a folder `step-000012/` holding `state.pt` (trainable weights,
 optimizer, KL coefficient, step, data position, RNG states) written under a
 temporary name and renamed into place, so a reader never sees half of one.
-Only tensors and plain containers are stored, so loading uses
+Only tensors and a JSON string are stored, so loading uses
 `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -64,7 +65,7 @@ def restore_rng(rng: dict, length_sampler_rng: np.random.RandomState) -> None:
 
     torch.set_rng_state(rng["torch"])
     np.random.set_state(numpy_state(rng["numpy"]))
-    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))  # JSON gave lists
     length_sampler_rng.set_state(numpy_state(rng["lengths"]))
 
 
@@ -91,12 +92,38 @@ def take_snapshot(step, position, kl_coef, model, optimizer, length_sampler_rng)
     )
 
 
+def _pack(obj, tensors: dict) -> object:
+    """Tensors go to a flat dict; everything else to JSON. torch 1.13's weights_only loader
+    refuses Python floats, so scalars travel as a JSON string."""
+    if torch.is_tensor(obj):
+        key = str(len(tensors))
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_pack(k, tensors), _pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, tensors) for v in obj]
+    return obj
+
+
+def _unpack(obj, tensors: dict) -> object:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        return {_unpack(k, tensors): _unpack(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    return obj
+
+
 def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{snapshot.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    torch.save(snapshot.to_dict(), tmp / STATE_FILE)
+    tensors: dict[str, torch.Tensor] = {}
+    meta = json.dumps(_pack(snapshot.to_dict(), tensors))
+    torch.save({"meta": meta, "tensors": tensors}, tmp / STATE_FILE)
     with open(tmp / STATE_FILE, "rb") as handle:
         os.fsync(handle.fileno())
     if final.exists():
@@ -114,7 +141,8 @@ def latest(directory: Path) -> Snapshot | None:
         return None
     for folder in sorted(directory.glob(f"{PREFIX}*"), reverse=True):
         try:
-            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            state = _unpack(json.loads(saved["meta"]), saved["tensors"])
         except Exception:  # noqa: BLE001 - a damaged checkpoint: fall back to an older one
             continue
         return Snapshot(**state)

@@ -38,6 +38,9 @@ class RewardModel:
             self.model = AutoModelForSequenceClassification.from_pretrained(str(path_or_name))
         except (OSError, ValueError) as exc:
             raise JobInputError(f"cannot load the reward model from {path_or_name}: {exc}") from exc
+        # Judge the response: when query + response exceed the window, drop the
+        # start of the query rather than the end of the response.
+        self.tokenizer.truncation_side = "left"
         self.model.eval()
         self.id2label = dict(self.model.config.id2label)
         self.reward_index = label_index(self.id2label, reward_label)

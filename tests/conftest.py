@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models built from configs (no hub), the shipped sample dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from flan_t5_detox.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def sample_dataset() -> Path:
+    from flan_t5_detox.data import SAMPLE_DATASET
+
+    return SAMPLE_DATASET
+
+
+@pytest.fixture
+def train_layout(tmp_path, tiny_models, sample_dataset):
+    """An /opt/ml stand-in for a small, fast training job; returns a function taking hyperparameters."""
+    from flan_t5_detox.layout import write_training_layout
+
+    def make(**hyperparameters):
+        settings = {
+            "max_ppo_steps": 3,
+            "batch_size": 8,
+            "mini_batch_size": 4,
+            "output_min_length": 8,
+            "output_max_length": 24,
+            "dtype": "float32",
+        }
+        settings.update(hyperparameters)
+        channels = {
+            "base_model": tiny_models.base_model,
+            "peft_checkpoint": tiny_models.peft_checkpoint,
+            "reward_model": tiny_models.reward_model,
+            "dataset": sample_dataset,
+        }
+        return write_training_layout(tmp_path / "ml", channels, settings)
+
+    return make

@@ -1,0 +1,51 @@
+import torch
+
+from flan_t5_detox.generation import LengthSampler, SamplingSettings, generate, trim_response
+from tests.helpers import tiny_config, tiny_trainer
+
+
+def test_trim_keeps_start_token_and_cuts_after_first_eos():
+    row = torch.tensor([0, 7, 8, 1, 0, 0, 0])
+    assert trim_response(row, eos_token_id=1, budget=10).tolist() == [0, 7, 8, 1]
+    assert trim_response(torch.tensor([0, 7, 8, 9, 10]), eos_token_id=1, budget=2).tolist() == [0, 7, 8]
+
+
+def test_length_sampler_is_seeded_and_in_range():
+    a, b = LengthSampler(100, 400, 3).sample(50), LengthSampler(100, 400, 3).sample(50)
+    assert a == b and all(100 <= n < 400 for n in a)
+
+
+def test_batched_generation_has_no_pads_after_eos_and_respects_budgets(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    budgets = [3, 30, 12, 7, 30, 5, 9, 20]
+    torch.manual_seed(0)
+    responses = generate(trainer.policy, trainer.tokenizer, trainer.query_ids[:8], budgets, SamplingSettings(2, 0, 1))
+    eos, pad = trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id
+    for response, budget in zip(responses, budgets):
+        assert response[0] == pad  # decoder start token
+        assert len(response) - 1 <= budget
+        body = response[1:]
+        assert pad not in body.tolist()
+        assert eos not in body[:-1].tolist()  # EOS, if any, is last
+
+
+def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
+    """Padding must not leak: the same response gets the same per-token log-probs alone or in a batch."""
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=8))
+    queries = trainer.query_ids[:8]
+    torch.manual_seed(1)
+    responses = generate(trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings())
+    assert len({len(r) for r in responses}) > 2 and len({len(q) for q in queries}) > 2  # real padding happens
+
+    def logprobs(qs, rs, fbs):
+        trainer.trl.config.mini_batch_size = fbs
+        inputs = trainer.trl.prepare_model_inputs(qs, rs)
+        with torch.no_grad():
+            lp, _, _, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs)
+        return [row[mask.bool()] for row, mask in zip(lp, masks)]
+
+    batched = logprobs(queries, responses, 8)
+    for i in range(8):
+        alone = logprobs([queries[i]], [responses[i]], 1)[0]
+        assert len(alone) == len(responses[i]) - 2  # trl scores tokens 2..n of a seq2seq response
+        torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
