@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Settings come from <ml-root>/input/config/hyperparameters.json; inputs from the channels "
         "base_model, peft_checkpoint, dataset, reward_model under <ml-root>/input/data/.",
     )
-    parser.add_argument("--ml-root", type=Path, default=DEFAULT_ML_ROOT, help="folder standing in for /opt/ml")
+    parser.add_argument(
+        "--ml-root", type=Path, default=DEFAULT_ML_ROOT, help="folder standing in for /opt/ml"
+    )
     # SageMaker appends "train" to the image command; accept and ignore it.
     parser.add_argument("mode", nargs="?", choices=["train"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -116,7 +118,9 @@ def train(env: TrainingJobEnvironment) -> int:
         summarization_adapter=config.peft_checkpoint_s3_uri or "channel:peft_checkpoint",
         rank=2 * summarization_config.r,  # summarization + detox adapters, concatenated
         ppo_steps=trainer.step,
-        reward_model=config.reward_model_name if env.channel("reward_model") is None else "channel:reward_model",
+        reward_model=config.reward_model_name
+        if env.channel("reward_model") is None
+        else "channel:reward_model",
         reward_label=config.reward_label,
     )
     models.save_detox_model(staging, policy, tokenizer, peft_dir, info)

@@ -47,7 +47,12 @@ class Snapshot:
 def capture_rng(length_sampler_rng: np.random.RandomState) -> dict:
     def numpy_state(state):
         name, keys, pos, has_gauss, cached = state
-        return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+        return {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        }
 
     return {
         "torch": torch.get_rng_state(),

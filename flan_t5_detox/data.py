@@ -72,7 +72,8 @@ def read_records(source: Path) -> list[dict]:
     missing = [name for name in ("dialogue",) if name not in records[0]]
     if missing:
         raise JobInputError(
-            f"dataset at {source} lacks column(s) {missing}; expected DialogSum schema id, dialogue, summary, topic"
+            f"dataset at {source} lacks column(s) {missing}; "
+            "expected the DialogSum schema: id, dialogue, summary, topic"
         )
     return records
 

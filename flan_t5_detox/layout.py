@@ -35,12 +35,20 @@ def write_training_layout(
     encoded = {k: json.dumps(v) for k, v in hyperparameters.items()}  # as the SageMaker SDK encodes them
     (config_dir / "hyperparameters.json").write_text(json.dumps(encoded, indent=2))
     input_config = {
-        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+        name: {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        }
         for name in channels
     }
     (config_dir / "inputdataconfig.json").write_text(json.dumps(input_config, indent=2))
-    resource = {"current_host": "algo-1", "hosts": ["algo-1"], "current_instance_type": instance_type,
-                "network_interface_name": "eth0"}
+    resource = {
+        "current_host": "algo-1",
+        "hosts": ["algo-1"],
+        "current_instance_type": instance_type,
+        "network_interface_name": "eth0",
+    }
     (config_dir / "resourceconfig.json").write_text(json.dumps(resource, indent=2))
     (config_dir / "checkpointconfig.json").write_text(json.dumps({"LocalPath": "/opt/ml/checkpoints"}))
     for sub in ("model", "output/data", "checkpoints"):
@@ -48,7 +56,9 @@ def write_training_layout(
     return root
 
 
-def write_processing_layout(root: Path, inputs: dict[str, Path], outputs: tuple[str, ...] = ("report",)) -> Path:
+def write_processing_layout(
+    root: Path, inputs: dict[str, Path], outputs: tuple[str, ...] = ("report",)
+) -> Path:
     """Create <root>/processing/{input,output} and config/processingjobconfig.json."""
     root = Path(root)
     for name, source in inputs.items():
@@ -58,7 +68,8 @@ def write_processing_layout(root: Path, inputs: dict[str, Path], outputs: tuple[
     job_config = {
         "ProcessingJobName": "local-evaluate",
         "ProcessingInputs": [
-            {"InputName": name, "S3Input": {"LocalPath": f"/opt/ml/processing/input/{name}"}} for name in inputs
+            {"InputName": name, "S3Input": {"LocalPath": f"/opt/ml/processing/input/{name}"}}
+            for name in inputs
         ],
         "ProcessingOutputConfig": {
             "Outputs": [

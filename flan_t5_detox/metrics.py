@@ -47,7 +47,9 @@ def metric_definitions(prefix: str = "train:") -> list[dict[str, str]]:
     """SageMaker `MetricDefinitions` matching `format_metrics_line`."""
     line = re.escape(LINE_PREFIX)
     return [
-        {"Name": prefix + name, "Regex": f"{line}.* {name}={_NUMBER}"} for name in METRIC_NAMES if name != "step"
+        {"Name": prefix + name, "Regex": f"{line}.* {name}={_NUMBER}"}
+        for name in METRIC_NAMES
+        if name != "step"
     ]
 
 
@@ -66,7 +68,9 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
 
     def append(self, metrics: dict[str, float]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
+        }
         with self.path.open("a") as handle:
             handle.write(json.dumps(clean) + "\n")
 

@@ -89,7 +89,9 @@ def read_lora_config(adapter_dir: Path) -> LoraConfig:
         raise JobInputError(f"{adapter_dir} is not a PEFT adapter folder: {ADAPTER_CONFIG} is missing")
     config = LoraConfig.from_pretrained(str(adapter_dir))
     if getattr(config, "peft_type", None) is None or str(config.peft_type) not in ("LORA", "PeftType.LORA"):
-        raise JobInputError(f"{adapter_dir} holds a {config.peft_type} adapter; only LoRA adapters are supported")
+        raise JobInputError(
+            f"{adapter_dir} holds a {config.peft_type} adapter; only LoRA adapters are supported"
+        )
     return config
 
 

@@ -76,8 +76,7 @@ class DetoxTrainer:
         self.sampling = SamplingSettings(config.min_length, config.top_k, config.top_p)
         self.prompts = prompts
         self.query_ids = [
-            torch.tensor(ids)
-            for ids in tokenizer([p.prompt for p in prompts], truncation=True)["input_ids"]
+            torch.tensor(ids) for ids in tokenizer([p.prompt for p in prompts], truncation=True)["input_ids"]
         ]
         self.step = 0
         self.position = 0

@@ -55,7 +55,9 @@ def _word_tokenizer(vocab_words: list[str], specials: list[str], template: str, 
     vocab = {token: i for i, token in enumerate(specials + [w for w in vocab_words if w not in specials])}
     unk = "<unk>"
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     special_ids = [(s, vocab[s]) for s in specials if s in template or s in pair]
     tok.post_processor = processors.TemplateProcessing(single=template, pair=pair, special_tokens=special_ids)
     return tok
@@ -64,7 +66,12 @@ def _word_tokenizer(vocab_words: list[str], specials: list[str], template: str, 
 def build_t5_tokenizer(vocab_words: list[str]) -> PreTrainedTokenizerFast:
     tok = _word_tokenizer(vocab_words, T5_SPECIALS, "$A </s>", "$A </s> $B </s>")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512, model_input_names=["input_ids", "attention_mask"]
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
@@ -122,7 +129,9 @@ def _train_reward_model(model, tokenizer, texts, steps: int, seed: int):
     model.eval()
 
 
-def build_tiny_models(dest: Path, seed: int = 0, adapter_steps: int = 60, reward_steps: int = 80) -> TinyModels:
+def build_tiny_models(
+    dest: Path, seed: int = 0, adapter_steps: int = 60, reward_steps: int = 80
+) -> TinyModels:
     """Build and save a tiny base model, summarization adapter and reward model under `dest`."""
     dest = Path(dest)
     records = data.read_records(data.SAMPLE_DATASET)
@@ -152,7 +161,11 @@ def build_tiny_models(dest: Path, seed: int = 0, adapter_steps: int = 60, reward
     t5_tokenizer.save_pretrained(base_dir)
 
     lora = LoraConfig(
-        r=8, lora_alpha=8, target_modules=["q", "v"], lora_dropout=0.05, bias="none",
+        r=8,
+        lora_alpha=8,
+        target_modules=["q", "v"],
+        lora_dropout=0.05,
+        bias="none",
         task_type=TaskType.SEQ_2_SEQ_LM,
     )
     peft_model = get_peft_model(T5ForConditionalGeneration.from_pretrained(base_dir), lora)

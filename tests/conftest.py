@@ -32,7 +32,7 @@ def train_layout(tmp_path, tiny_models, sample_dataset):
     """An /opt/ml stand-in for a small, fast training job; returns a function taking hyperparameters."""
     from flan_t5_detox.layout import write_training_layout
 
-    def make(**hyperparameters):
+    def make(name: str = "ml", **hyperparameters):
         settings = {
             "max_ppo_steps": 3,
             "batch_size": 8,
@@ -48,6 +48,6 @@ def train_layout(tmp_path, tiny_models, sample_dataset):
             "reward_model": tiny_models.reward_model,
             "dataset": sample_dataset,
         }
-        return write_training_layout(tmp_path / "ml", channels, settings)
+        return write_training_layout(tmp_path / name, channels, settings)
 
     return make

@@ -10,7 +10,12 @@ from flan_t5_detox.rewards import RewardModel
 
 def tiny_config(**overrides) -> TrainConfig:
     settings = dict(
-        batch_size=8, mini_batch_size=4, max_ppo_steps=3, output_min_length=8, output_max_length=24, dtype="float32"
+        batch_size=8,
+        mini_batch_size=4,
+        max_ppo_steps=3,
+        output_min_length=8,
+        output_max_length=24,
+        dtype="float32",
     )
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -7,16 +7,28 @@ from flan_t5_detox.contract import JobInputError, decode_hyperparameters
 def test_defaults_are_the_notebook_values():
     c = TrainConfig()
     assert (c.learning_rate, c.ppo_epochs, c.mini_batch_size, c.batch_size, c.max_ppo_steps) == (
-        1.41e-5, 1, 4, 16, 10,
+        1.41e-5,
+        1,
+        4,
+        16,
+        10,
     )
     assert (c.output_min_length, c.output_max_length, c.input_min_text_length, c.input_max_text_length) == (
-        100, 400, 200, 1000,
+        100,
+        400,
+        200,
+        1000,
     )
     assert (c.top_k, c.top_p, c.min_length, c.reward_label) == (0, 1.0, 5, "nothate")
 
 
 def test_raw_and_json_encoded_strings_both_parse():
-    raw = {"learning_rate": "1e-4", "batch_size": '"32"', "adap_kl_ctrl": "false", "reward_label": '"nothate"'}
+    raw = {
+        "learning_rate": "1e-4",
+        "batch_size": '"32"',
+        "adap_kl_ctrl": "false",
+        "reward_label": '"nothate"',
+    }
     c = parse_settings(TrainConfig, decode_hyperparameters(raw))
     assert c.learning_rate == 1e-4 and c.batch_size == 32 and c.adap_kl_ctrl is False
     assert c.reward_label == "nothate"

@@ -20,7 +20,9 @@ def test_training_environment_reads_every_config_file(tmp_path):
     data = tmp_path / "src"
     data.mkdir()
     (data / "x.jsonl").write_text("{}\n")
-    root = write_training_layout(tmp_path / "ml", {"dataset": data}, {"batch_size": 8, "reward_label": "nothate"})
+    root = write_training_layout(
+        tmp_path / "ml", {"dataset": data}, {"batch_size": 8, "reward_label": "nothate"}
+    )
     env = TrainingJobEnvironment.from_root(root, env={})
     assert env.hyperparameters == {"batch_size": 8, "reward_label": "nothate"}
     assert env.channel("dataset") == root / "input" / "data" / "dataset"
@@ -35,7 +37,11 @@ def test_sm_variables_override_files(tmp_path):
     root = write_training_layout(tmp_path / "ml", {}, {"batch_size": 8})
     env = TrainingJobEnvironment.from_root(
         root,
-        env={"SM_HPS": json.dumps({"batch_size": 4}), "SM_CHANNEL_DATASET": str(tmp_path), "SM_MODEL_DIR": "/m"},
+        env={
+            "SM_HPS": json.dumps({"batch_size": 4}),
+            "SM_CHANNEL_DATASET": str(tmp_path),
+            "SM_MODEL_DIR": "/m",
+        },
     )
     assert env.hyperparameters == {"batch_size": 4}
     assert env.channels["dataset"] == tmp_path

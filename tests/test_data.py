@@ -9,7 +9,9 @@ from flan_t5_detox.contract import JobInputError
 
 
 def _records(n):
-    return [{"id": str(i), "dialogue": "x" * (150 + 10 * i), "summary": f"s{i}", "topic": "t"} for i in range(n)]
+    return [
+        {"id": str(i), "dialogue": "x" * (150 + 10 * i), "summary": f"s{i}", "topic": "t"} for i in range(n)
+    ]
 
 
 def test_filter_prompt_and_unshuffled_80_20_split():

@@ -19,7 +19,9 @@ def test_batched_generation_has_no_pads_after_eos_and_respects_budgets(tiny_mode
     trainer = tiny_trainer(tiny_models, tiny_config())
     budgets = [3, 30, 12, 7, 30, 5, 9, 20]
     torch.manual_seed(0)
-    responses = generate(trainer.policy, trainer.tokenizer, trainer.query_ids[:8], budgets, SamplingSettings(2, 0, 1))
+    responses = generate(
+        trainer.policy, trainer.tokenizer, trainer.query_ids[:8], budgets, SamplingSettings(2, 0, 1)
+    )
     eos, pad = trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id
     for response, budget in zip(responses, budgets):
         assert response[0] == pad  # decoder start token
@@ -34,7 +36,9 @@ def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
     trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=8))
     queries = trainer.query_ids[:8]
     torch.manual_seed(1)
-    responses = generate(trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings())
+    responses = generate(
+        trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
+    )
     assert len({len(r) for r in responses}) > 2 and len({len(q) for q in queries}) > 2  # real padding happens
 
     def logprobs(qs, rs, fbs):

@@ -15,7 +15,9 @@ from tests.helpers import tiny_config, tiny_splits, tiny_trainer
 
 def _step0_kl(trainer_trl, policy, tokenizer, queries):
     torch.manual_seed(0)
-    responses = generate(policy, tokenizer, queries, LengthSampler(8, 24, 0).sample(len(queries)), SamplingSettings())
+    responses = generate(
+        policy, tokenizer, queries, LengthSampler(8, 24, 0).sample(len(queries)), SamplingSettings()
+    )
     stats = trainer_trl.step(queries, responses, [torch.tensor(0.0)] * len(queries))
     return float(stats["objective/kl"])
 
@@ -25,7 +27,9 @@ def test_kl_is_zero_at_step_zero_with_a_trained_adapter(tiny_models):
     trl disables it for the reference) already has a large KL at step 0 with the same adapter."""
     lora = models.read_lora_config(tiny_models.peft_checkpoint)
     weights = torch.load(tiny_models.peft_checkpoint / models.ADAPTER_WEIGHTS, weights_only=True)
-    assert any(k.endswith("lora_B.weight") and v.abs().max() > 1e-3 for k, v in weights.items()), "adapter untrained"
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 1e-3 for k, v in weights.items()), (
+        "adapter untrained"
+    )
 
     config = tiny_config()
     trainer = tiny_trainer(tiny_models, config)
@@ -34,11 +38,15 @@ def test_kl_is_zero_at_step_zero_with_a_trained_adapter(tiny_models):
 
     # The notebook's construction, on the same tiny models.
     base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model)
-    peft_model = PeftModel.from_pretrained(base, str(tiny_models.peft_checkpoint), lora_config=lora, is_trainable=True)
+    peft_model = PeftModel.from_pretrained(
+        base, str(tiny_models.peft_checkpoint), lora_config=lora, is_trainable=True
+    )
     ppo_model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(peft_model, is_trainable=True)
     models.disable_dropout(ppo_model)  # isolate the reference defect from dropout noise
     notebook = PPOTrainer(
-        config=ppo_config(config), model=ppo_model, ref_model=create_reference_model(ppo_model),
+        config=ppo_config(config),
+        model=ppo_model,
+        ref_model=create_reference_model(ppo_model),
         tokenizer=trainer.tokenizer,
     )
     theirs = _step0_kl(notebook, ppo_model, trainer.tokenizer, queries)
@@ -55,7 +63,9 @@ def test_saved_adapter_loads_the_documented_way_and_matches_the_policy(tiny_mode
     assert max(float(p.abs().max()) for p in detox_b) > 0
 
     info = models.AdapterInfo("google/flan-t5-base", "channel", 16, 1, "reward", "nothate")
-    models.save_detox_model(tmp_path / "model", trainer.policy, trainer.tokenizer, tiny_models.peft_checkpoint, info)
+    models.save_detox_model(
+        tmp_path / "model", trainer.policy, trainer.tokenizer, tiny_models.peft_checkpoint, info
+    )
     assert json.loads((tmp_path / "model" / "adapter_info.json").read_text())["ppo_steps"] == 1
 
     # Documented way: stock peft on the plain base model.
@@ -67,7 +77,9 @@ def test_saved_adapter_loads_the_documented_way_and_matches_the_policy(tiny_mode
     with torch.no_grad():
         expected = trainer.policy.pretrained_model(**enc, decoder_input_ids=decoder).logits
         got = loaded(**enc, decoder_input_ids=decoder).logits
-        ours = models.load_detoxified(tiny_models.base_model, tmp_path / "model")(**enc, decoder_input_ids=decoder)
+        ours = models.load_detoxified(tiny_models.base_model, tmp_path / "model")(
+            **enc, decoder_input_ids=decoder
+        )
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours.logits, expected, atol=1e-4, rtol=1e-4)
     assert loaded.generate(**enc, max_new_tokens=5).shape[0] == 4
@@ -76,9 +88,13 @@ def test_saved_adapter_loads_the_documented_way_and_matches_the_policy(tiny_mode
 def test_adapter_that_does_not_fit_the_base_is_a_clear_error(tiny_models, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "adapter_config.json").write_text((tiny_models.peft_checkpoint / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(
+        (tiny_models.peft_checkpoint / "adapter_config.json").read_text()
+    )
     weights = torch.load(tiny_models.peft_checkpoint / models.ADAPTER_WEIGHTS, weights_only=True)
-    torch.save({k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in weights.items()}, bad / "adapter_model.bin")
+    torch.save(
+        {k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in weights.items()}, bad / "adapter_model.bin"
+    )
     with pytest.raises(JobInputError, match="does not fit the base model"):
         models.load_summarizer(tiny_models.base_model, bad)
     with pytest.raises(JobInputError, match="adapter_config.json is missing"):

@@ -14,8 +14,14 @@ def _even_token_share(_queries, _texts, responses):
 
 def test_ppo_measurably_raises_a_scripted_reward(tiny_models):
     config = tiny_config(
-        batch_size=16, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.01,
-        output_min_length=8, output_max_length=16, max_ppo_steps=30,
+        batch_size=16,
+        mini_batch_size=4,
+        ppo_epochs=2,
+        learning_rate=3e-3,
+        init_kl_coef=0.01,
+        output_min_length=8,
+        output_max_length=16,
+        max_ppo_steps=30,
     )
     trainer = tiny_trainer(tiny_models, config, reward_fn=_even_token_share)
     rewards = [trainer.run_step().metrics["reward_mean"] for _ in range(30)]

@@ -14,7 +14,9 @@ def test_reward_is_the_named_logit_and_toxicity_the_softmax(tiny_models):
     nothate = model.model.config.label2id["nothate"]
     hate = model.model.config.label2id["hate"]
     torch.testing.assert_close(model.rewards(texts), logits[:, nothate], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model.toxicity(texts, "hate"), logits.softmax(-1)[:, hate], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model.toxicity(texts, "hate"), logits.softmax(-1)[:, hate], atol=1e-6, rtol=1e-5
+    )
     # The tiny classifier learned its job: hostile words are more toxic.
     tox = model.toxicity(texts)
     assert tox[1] > 0.5 > tox[0]
