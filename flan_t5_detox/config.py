@@ -185,8 +185,10 @@ def validate(settings) -> None:
             )
         if s.output_min_length > s.output_max_length:
             problems.append("output_min_length must not exceed output_max_length")
-        if s.min_length < 2:
-            problems.append("min_length must be >= 2: PPO needs responses of at least two tokens")
+        if s.min_length < 4:
+            problems.append("min_length must be >= 4: trl's PPO step needs responses of at least 4 tokens")
+        if s.output_min_length < s.min_length:
+            problems.append("output_min_length must be >= min_length")
         if s.learning_rate <= 0:
             problems.append("learning_rate must be > 0")
         if s.init_kl_coef < 0 or s.max_kl <= 0:
