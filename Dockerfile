@@ -1,0 +1,95 @@
+# The job image: the pinned stack (container/requirements.lock), the project, and the `train` and
+# `evaluate` programs SageMaker starts. Needs BuildKit (cache and secret mounts). See README,
+# "Container image", for the build arguments.
+#
+#   docker build -t flan-t5-detox .                               # CPU torch, trl from git
+#   docker build --build-arg TORCH_VARIANT=pypi --build-arg TRL_SPEC=trl==0.4.2 \
+#       --secret id=ca_bundle,src=/path/to/corporate-ca.pem -t flan-t5-detox .
+
+# Any Debian-family image with python3 and the venv module (Debian's python3-venv).
+ARG BASE_IMAGE=python:3.10-slim
+
+FROM ${BASE_IMAGE} AS build
+# cpu:  torch 1.13.1+cpu from the PyTorch CPU index (ml.m5 has no GPU; a far smaller image).
+# pypi: torch 1.13.1 as PyPI serves it, the CUDA 11.7 build with its nvidia-* wheels (runs on CPU).
+ARG TORCH_VARIANT=cpu
+ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+# trl at the commit the lab used; a package spec (e.g. trl==0.4.2) where GitHub is unreachable.
+ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_INDEX_URL=${PIP_INDEX_URL}
+
+# tini (static, copied into the final stage) and git for a git+ trl spec; build stage only.
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends tini $(case "$TRL_SPEC" in git+*) echo git ;; esac) \
+    >/dev/null
+
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# An optional extra CA bundle (TLS-intercepting proxies) arrives as the build secret `ca_bundle`;
+# it is appended to pip's own roots for these commands only and never stored in a layer.
+COPY container/requirements.lock /tmp/requirements.lock
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
+    set -eu; \
+    if [ -s /run/secrets/ca_bundle ]; then \
+        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem; \
+    fi; \
+    case "$TORCH_VARIANT" in \
+        cpu) sed -e '/^nvidia-/d' -e 's/^torch==\([^+]*\)$/torch==\1+cpu/' /tmp/requirements.lock >/tmp/req.txt; \
+             export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX_URL" ;; \
+        pypi) cp /tmp/requirements.lock /tmp/req.txt ;; \
+        *) echo "TORCH_VARIANT must be cpu or pypi, got $TORCH_VARIANT" >&2; exit 2 ;; \
+    esac; \
+    pip install -q -r /tmp/req.txt; \
+    rm -f /tmp/ca.pem
+
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
+    set -eu; \
+    if [ -s /run/secrets/ca_bundle ]; then \
+        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem GIT_SSL_CAINFO=/tmp/ca.pem; \
+    fi; \
+    pip install -q --no-deps "$TRL_SPEC"; \
+    pip check; \
+    rm -f /tmp/ca.pem
+
+# The project last: code changes rebuild only this layer.
+COPY . /src
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
+    set -eu; \
+    if [ -s /run/secrets/ca_bundle ]; then \
+        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem; \
+    fi; \
+    pip install -q --no-deps /src; \
+    rm -f /tmp/ca.pem
+
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
+ARG TORCH_VARIANT=cpu
+ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /usr/bin/tini-static /usr/local/bin/tini
+COPY container/train container/evaluate /usr/local/bin/
+# Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The pins that matter (a test checks them against container/requirements.lock).
+LABEL org.opencontainers.image.title="flan-t5-detox" \
+      org.opencontainers.image.description="PPO detoxification of FLAN-T5 dialogue summaries: train and evaluate jobs" \
+      org.opencontainers.image.version="0.1.0" \
+      com.flan-t5-detox.base-image="${BASE_IMAGE}" \
+      com.flan-t5-detox.torch="1.13.1" \
+      com.flan-t5-detox.torch-variant="${TORCH_VARIANT}" \
+      com.flan-t5-detox.transformers="4.27.2" \
+      com.flan-t5-detox.peft="0.3.0" \
+      com.flan-t5-detox.trl="${TRL_SPEC}" \
+      com.flan-t5-detox.datasets="2.11.0" \
+      com.flan-t5-detox.evaluate="0.4.0" \
+      com.flan-t5-detox.accelerate="0.18.0"
+WORKDIR /opt/ml
+# tini as PID 1 forwards SIGTERM (docker stop, SageMaker StopTrainingJob) to the job and reaps
+# children; `docker run IMAGE train` then runs /usr/local/bin/train.
+ENTRYPOINT ["/usr/local/bin/tini", "--"]
+CMD ["train", "--help"]
