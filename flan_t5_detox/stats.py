@@ -10,6 +10,7 @@ numpy/scipy only, no torch.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ class PairedComparison:
     before: Summary
     after: Summary
     mean_diff: float  # mean of (after - before)
+    nonzero_pairs: int  # pairs whose values differ at all (the signed-rank test uses only these)
     ci_low: float  # bootstrap percentile CI of mean_diff
     ci_high: float
     confidence: float
@@ -102,7 +104,12 @@ def paired_tests(diffs: np.ndarray) -> tuple[float | None, float | None, float |
         return None, None, None, None
     if not np.any(diffs):  # identical outputs: no evidence of any change
         return 0.0, 1.0, 0.0, 1.0
-    wilcoxon = scipy_stats.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided")
+    # Zero differences (identical responses) are dropped ("wilcox"); scipy then falls back
+    # from the exact distribution to the normal approximation and warns. `nonzero_pairs`
+    # in the report says how many pairs the test rests on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        wilcoxon = scipy_stats.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided")
     if np.ptp(diffs) == 0:  # constant non-zero difference: t is infinite
         t_stat, t_p = math.copysign(math.inf, diffs[0]), 0.0
     else:
@@ -141,6 +148,7 @@ def compare_paired(
         before=summarize(before),
         after=summarize(after),
         mean_diff=float(diffs.mean()),
+        nonzero_pairs=int(np.count_nonzero(diffs)),
         ci_low=ci_low,
         ci_high=ci_high,
         confidence=confidence,

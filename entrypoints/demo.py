@@ -1,0 +1,113 @@
+"""`detox-demo`: the whole pipeline offline, end to end, in a few minutes on a laptop CPU.
+
+1. builds tiny stand-ins for FLAN-T5, the summarization adapter and the reward
+   model from configs (flan_t5_detox.tiny; no model hub needed),
+2. lays out /opt/ml-like folders exactly as SageMaker would (flan_t5_detox.layout),
+3. runs the real train job, then the real evaluate job on its model/ and output/data,
+4. prints where report.html is.
+
+The jobs are the production entrypoints; only the hyperparameters are sized for
+tiny models (short responses, a learning rate that moves a 2-layer model in a
+few steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+MARKER = ".detox-demo"  # lets a rerun clear its own earlier output, and nothing else
+
+# Sized for the tiny models; every other setting keeps the job's default.
+TRAIN_HYPERPARAMETERS = {
+    "batch_size": 16,
+    "mini_batch_size": 4,
+    "learning_rate": 3e-3,
+    "output_min_length": 8,
+    "output_max_length": 32,
+    "dtype": "float32",
+}
+EVALUATE_ARGUMENTS = ["--max-new-tokens", "32", "--dtype", "float32"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="detox-demo",
+        description="Offline demo: tiny models, the shipped DialogSum sample, the real train job "
+        "and the real evaluate job, then a report.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for everything")
+    parser.add_argument("--steps", type=int, default=10, help="PPO steps of the train job (default 10)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    return args
+
+
+def prepare_out(out: Path) -> None:
+    """Use an empty folder, or one an earlier demo made (cleared so the train job starts fresh)."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise SystemExit(f"{out} is not empty and was not made by detox-demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by detox-demo; rerunning the demo deletes this folder's contents\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Offline by construction: nothing below may reach for the hub.
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from flan_t5_detox.data import SAMPLE_DATASET
+    from flan_t5_detox.layout import write_processing_layout, write_training_layout
+    from flan_t5_detox.tiny import build_tiny_models
+
+    from . import evaluate, train
+
+    out = args.out.resolve()
+    prepare_out(out)
+    started = time.perf_counter()
+    print(f"[demo] building tiny models in {out / 'models'}", flush=True)
+    tiny = build_tiny_models(out / "models")
+    inputs = {
+        "base_model": tiny.base_model,
+        "peft_checkpoint": tiny.peft_checkpoint,
+        "reward_model": tiny.reward_model,
+        "dataset": SAMPLE_DATASET,
+    }
+
+    train_root = write_training_layout(
+        out / "train", inputs, {**TRAIN_HYPERPARAMETERS, "max_ppo_steps": args.steps}
+    )
+    print(f"[demo] train job: detox-train --ml-root {train_root}", flush=True)
+    code = train.main(["--ml-root", str(train_root)])
+    if code != 0:
+        print(f"[demo] the train job failed (exit {code}): see {train_root / 'output' / 'failure'}")
+        return code
+
+    eval_root = write_processing_layout(
+        out / "evaluate",
+        {**inputs, "detoxified": train_root / "model", "training_output": train_root / "output" / "data"},
+    )
+    eval_args = ["evaluate", "--ml-root", str(eval_root), *EVALUATE_ARGUMENTS]
+    print(f"[demo] evaluate job: detox-evaluate {' '.join(eval_args)}", flush=True)
+    code = evaluate.main(eval_args)
+    if code != 0:
+        print(f"[demo] the evaluate job failed (exit {code}): see {eval_root / 'output' / 'failure'}")
+        return code
+
+    report = eval_root / "processing" / "output" / "report" / "report.html"
+    print(f"[demo] done in {time.perf_counter() - started:.0f} s")
+    print(f"[demo] report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
