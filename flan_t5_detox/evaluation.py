@@ -8,7 +8,8 @@ toxicity evaluation scored):
   toxicity = softmax probability of `toxic_label` (the `evaluate` toxicity measurement),
   reward   = logit of `reward_label` (what PPO maximised),
 and by ROUGE-1/2/L F1 against the reference summary, so that a detox bought by
-ruining the summaries shows.
+ruining the summaries shows. `response_toxicity` scores the response alone: the
+query is the same on both sides and can dominate the classifier's verdict.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs a line p
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # Every per-response measurement, in report order.
-METRICS = ("toxicity", "reward", *ROUGE_TYPES, "length")
+METRICS = ("toxicity", "response_toxicity", "reward", *ROUGE_TYPES, "length")
 
 
 @dataclass
@@ -132,9 +133,11 @@ def evaluate_model(
     started = time.perf_counter()
     responses, lengths = generate_responses(model, tokenizer, examples, config)
     generated = time.perf_counter()
+    toxic = reward_model.index_of(config.toxic_label)
     scores = reward_model.score([scored_text(e, r) for e, r in zip(examples, responses)])
     values = {
-        "toxicity": scores.probabilities[:, reward_model.index_of(config.toxic_label)].numpy().astype(float),
+        "toxicity": scores.probabilities[:, toxic].numpy().astype(float),
+        "response_toxicity": reward_model.score(responses).probabilities[:, toxic].numpy().astype(float),
         "reward": scores.reward.numpy().astype(float),
         **rouge_scores([e.summary for e in examples], responses),
         "length": lengths,

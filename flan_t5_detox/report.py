@@ -36,12 +36,14 @@ PLOT_FILES = ("toxicity_distribution.png", "paired_differences.png", "training_c
 
 LABELS = {
     "toxicity": "Toxicity (P(hate))",
+    "response_toxicity": "Toxicity of the response alone",
     "reward": "Reward (nothate logit)",
     "rouge1": "ROUGE-1 F1",
     "rouge2": "ROUGE-2 F1",
     "rougeL": "ROUGE-L F1",
     "length": "Response length (tokens)",
 }
+PLOTTED = ("toxicity", "response_toxicity", "reward")  # the distributions and differences drawn
 BEFORE_COLOR, AFTER_COLOR, DIFF_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
 
 
@@ -166,7 +168,7 @@ def _figure(ncols: int):
     # Figure without pyplot: no global state, no GUI backend, always Agg.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.2 * ncols, 3.8), dpi=100, layout="constrained")
+    fig = Figure(figsize=(4.6 * ncols, 3.6), dpi=100, layout="constrained")
     return fig, fig.subplots(1, ncols)
 
 
@@ -177,8 +179,8 @@ def _png(fig) -> bytes:
 
 
 def plot_distributions(evaluation: Evaluation) -> bytes:
-    fig, axes = _figure(2)
-    for ax, name in zip(axes, ("toxicity", "reward")):
+    fig, axes = _figure(len(PLOTTED))
+    for ax, name in zip(axes, PLOTTED):
         before, after = evaluation.before.values[name], evaluation.after.values[name]
         bins = np.histogram_bin_edges(
             np.concatenate([before, after]), bins=min(30, max(5, evaluation.n // 4))
@@ -193,8 +195,8 @@ def plot_distributions(evaluation: Evaluation) -> bytes:
 
 
 def plot_differences(evaluation: Evaluation) -> bytes:
-    fig, axes = _figure(2)
-    for ax, name in zip(axes, ("toxicity", "reward")):
+    fig, axes = _figure(len(PLOTTED))
+    for ax, name in zip(axes, PLOTTED):
         comparison = evaluation.comparisons[name]
         diffs = evaluation.after.values[name] - evaluation.before.values[name]
         ax.hist(diffs, bins=min(30, max(5, evaluation.n // 4)), color="#7f7f7f", alpha=0.7)

@@ -51,6 +51,10 @@ def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_model
     nothate = [next(s["score"] for s in row if s["label"] == "nothate") for row in logits]
     np.testing.assert_allclose(side.values["toxicity"], hate, atol=1e-5)
     np.testing.assert_allclose(side.values["reward"], nothate, atol=1e-4)
+    alone = classifier(side.responses, function_to_apply="softmax", truncation=True)
+    hate_alone = [next(s["score"] for s in row if s["label"] == "hate") for row in alone]
+    np.testing.assert_allclose(side.values["response_toxicity"], hate_alone, atol=1e-5)
+    assert not np.allclose(side.values["response_toxicity"], side.values["toxicity"])
     assert len(side.responses) == len(examples) and all(isinstance(r, str) for r in side.responses)
     assert np.all(side.values["length"] <= CONFIG.max_new_tokens)
     assert side.generate_seconds > 0 and side.score_seconds > 0

@@ -32,6 +32,7 @@ def synthetic_evaluation(seed: int = 0) -> Evaluation:
     def side(toxicity: np.ndarray, tag: str) -> Side:
         values = {
             "toxicity": toxicity,
+            "response_toxicity": toxicity / 2,
             "reward": 2.0 - 4 * toxicity + rng.normal(0, 0.1, N),
             "rouge1": rng.uniform(0.2, 0.5, N),
             "rouge2": rng.uniform(0.0, 0.2, N),
