@@ -55,17 +55,21 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle 
     pip check; \
     rm -f /tmp/ca.pem
 
-# The project as a wheel, installed in the final stage: a code change rebuilds one small layer
-# instead of re-copying the multi-GB environment.
+# The project as a wheel, built beside the environment and installed in the final stage: a code
+# change rebuilds one small layer instead of re-copying the multi-GB environment.
+FROM ${BASE_IMAGE} AS project
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_INDEX_URL=${PIP_INDEX_URL}
 COPY . /src
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
     set -eu; \
+    python3 -m venv /tmp/venv; \
     if [ -s /run/secrets/ca_bundle ]; then \
-        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
+        cat "$(/tmp/venv/bin/python -c 'import pip._vendor.certifi as c; print(c.where())')" \
+            /run/secrets/ca_bundle >/tmp/ca.pem; \
         export PIP_CERT=/tmp/ca.pem; \
     fi; \
-    pip wheel -q --no-deps -w /wheels /src; \
-    rm -f /tmp/ca.pem
+    /tmp/venv/bin/pip wheel -q --no-deps -w /wheels /src
 
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
@@ -75,7 +79,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /usr/bin/tini-static /usr/local/bin/tini
 # Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+RUN --mount=type=bind,from=project,source=/wheels,target=/wheels \
     pip install -q --no-deps --no-cache-dir --no-index /wheels/*.whl
 COPY container/train container/evaluate /usr/local/bin/
 # The pins that matter (a test checks them against container/requirements.lock).
