@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Everything Docker for CI, on a machine with no image registry (DESIGN.md §6):
-#   install Debian's docker.io, start dockerd without touching the host's firewall or bridges,
-#   make a Debian base image with debootstrap, build the job image, run the container tests,
-#   stop dockerd by PID.
+# Everything Docker for CI, on a machine with no image registry (DESIGN.md §6): install Debian's
+# docker.io, start dockerd without touching the host's firewall or bridges, make a Debian base
+# image with debootstrap, build the job image, run the container tests, stop dockerd by PID.
 #
-#   .ci/docker.sh                     all of the above (what .ci/run calls)
-#   .ci/docker.sh up|base|build|test|down   one step, for development (dockerd stays up until `down`)
+#   .ci/docker.sh start    install, start dockerd, base image, build the image (dockerd stays up)
+#   .ci/docker.sh test     the container tests (pytest -m docker)
+#   .ci/docker.sh stop     stop the dockerd that `start` started (by its recorded PID)
+#   .ci/docker.sh          all three
 #
 # Docker's layer cache (/var/lib/docker) and the base image are kept between runs on purpose.
 set -euo pipefail
@@ -136,6 +137,14 @@ test_image() {
 }
 
 case "${1:-all}" in
+start)
+    started=$SECONDS
+    up
+    build
+    log "ready in $((SECONDS - started)) s"
+    ;;
+test) test_image ;;
+stop) down ;;
 all)
     started=$SECONDS
     trap down EXIT
@@ -144,13 +153,8 @@ all)
     test_image
     log "docker part took $((SECONDS - started)) s"
     ;;
-up) up ;;
-base) up && base ;;
-build) up && build ;;
-test) test_image ;;
-down) down ;;
 *)
-    echo "usage: $0 [all|up|base|build|test|down]" >&2
+    echo "usage: $0 [start|test|stop]" >&2
     exit 2
     ;;
 esac
