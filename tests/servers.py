@@ -143,7 +143,8 @@ def _wait_s3_writable(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.create_bucket(Bucket="detox-probe")
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket="detox-probe")
             client.put_object(Bucket="detox-probe", Key="probe", Body=b"ok")
             return
         except Exception:  # noqa: BLE001 - retried until the deadline

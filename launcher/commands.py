@@ -1,0 +1,176 @@
+"""What each `detox-launch` subcommand does, given resolved Options. Output goes to `out`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from flan_t5_detox import s3
+
+from . import jobs, local_backend
+from . import sagemaker_backend as sm
+from .aws import Aws, connect
+from .errors import EXIT_FAILED, EXIT_STOPPED, LaunchError
+from .options import Options
+
+
+def _ended(status: sm.JobStatus) -> int:
+    """Exit code for a finished job; a failure is an error with SageMaker's reason."""
+    if status.status == "Completed":
+        return 0
+    if status.status == "Stopped":
+        raise LaunchError(f"{status.name} was stopped", EXIT_STOPPED)
+    raise LaunchError(f"{status.name} failed: {status.reason or 'no reason given'}", EXIT_FAILED)
+
+
+def _follow(aws: Aws, name: str, options: Options, out, kind: str | None = None) -> sm.JobStatus:
+    return sm.wait(aws, name, kind, options.poll, options.timeout, options.logs, out)
+
+
+def _submitted(aws: Aws, kind: str, name: str, where: str, out) -> None:
+    console = f"https://{aws.region}.console.aws.amazon.com/sagemaker/home?region={aws.region}#/{kind}/{name}"
+    print(f"submitted {name}\n  results: {where}\n  console: {console}", file=out)
+    print(f"  follow:  detox-launch wait {name}", file=out, flush=True)
+
+
+def _with_train_job(aws: Aws, options: Options) -> Options:
+    """--train-job NAME supplies the detoxified model and the training output."""
+    if not options.train_job:
+        return options
+    status = sm.describe(aws, options.train_job, "train")
+    if status.status != "Completed" or not status.artifacts:
+        raise LaunchError(f"train job {status.name} is {status.status}; evaluate needs a completed one")
+    options.detoxified = options.detoxified or status.artifacts["model"]
+    options.training_output = options.training_output or status.artifacts["output"]
+    return options
+
+
+def train(options: Options, out=sys.stdout) -> int:
+    job = jobs.train_job(options)
+    aws = connect(options)
+    sm.submit_training(aws, job)
+    _submitted(aws, "jobs", job.name, job.model_artifacts, out)
+    return _ended(_follow(aws, job.name, options, out, "train")) if options.wait else 0
+
+
+def evaluate(options: Options, out=sys.stdout) -> int:
+    aws = connect(options)
+    job = jobs.eval_job(_with_train_job(aws, options))
+    sm.submit_processing(aws, job)
+    _submitted(aws, "processing-jobs", job.name, job.report_uri, out)
+    return _ended(_follow(aws, job.name, options, out, "evaluate")) if options.wait else 0
+
+
+def pipeline(options: Options, dest: Path, out=sys.stdout) -> int:
+    """train -> wait -> evaluate the trained model -> wait -> fetch the report."""
+    stamp = jobs.job_name("")[1:]  # one timestamp names both jobs
+    train_job = jobs.train_job(options, name=f"detox-train-{stamp}")
+    # The evaluation's "before" model is the adapter the training started from.
+    peft = options.peft_checkpoint or options.hyperparameters.get("peft_checkpoint_s3_uri")
+    options.peft_checkpoint = peft or None
+    options.detoxified, options.training_output = train_job.model_artifacts, train_job.output_artifacts
+    eval_job = jobs.eval_job(options, name=f"detox-evaluate-{stamp}")  # validated before anything runs
+    aws = connect(options)
+
+    sm.submit_training(aws, train_job)
+    _submitted(aws, "jobs", train_job.name, train_job.model_artifacts, out)
+    trained = _follow(aws, train_job.name, options, out, "train")
+    _ended(trained)
+    eval_job.inputs["detoxified"] = trained.artifacts.get("model", train_job.model_artifacts)
+    sm.submit_processing(aws, eval_job)
+    _submitted(aws, "processing-jobs", eval_job.name, eval_job.report_uri, out)
+    _ended(_follow(aws, eval_job.name, options, out, "evaluate"))
+    return fetch(options, eval_job.name, dest, out, aws)
+
+
+def wait(options: Options, name: str, out=sys.stdout) -> int:
+    return _ended(_follow(connect(options), name, options, out))
+
+
+def stop(options: Options, name: str, out=sys.stdout) -> int:
+    aws = connect(options)
+    status = sm.stop(aws, name)
+    print(status.line(), file=out)
+    return _ended(_follow(aws, name, options, out, status.kind)) if options.wait else 0
+
+
+def list_jobs(
+    options: Options, kind: str, status: str | None, name_contains: str, limit: int, out=sys.stdout
+):
+    found = sm.list_jobs(connect(options), kind, status, name_contains, limit)
+    rows = [("NAME", "KIND", "STATUS", "CREATED", "REASON")]
+    for job in found:
+        created = job.created.strftime("%Y-%m-%d %H:%M:%S") if job.created else ""
+        rows.append(
+            (job.name, job.kind, job.status, created, job.reason.splitlines()[0] if job.reason else "")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4], file=out)
+    return 0
+
+
+def fetch(options: Options, target: str, dest: Path, out=sys.stdout, aws: Aws | None = None) -> int:
+    from .artifacts import fetch_artifacts
+
+    aws = aws or connect(options)
+    if target.startswith("s3://"):
+        s3.parse_s3_uri(target)
+        artifacts = {"": target}
+    else:
+        status = sm.describe(aws, target)
+        if status.status not in sm.TERMINAL:
+            raise LaunchError(f"{status.name} is {status.status}: nothing to fetch until it ends")
+        artifacts = status.artifacts
+    fetch_artifacts(artifacts, Path(dest), aws.client("s3"), out)
+    return 0
+
+
+def upload(options: Options, source: Path, uri: str, out=sys.stdout) -> int:
+    s3.parse_s3_uri(uri)
+    if not source.exists():
+        raise LaunchError(f"nothing to upload at {source}")
+    aws = connect(options)
+    client = aws.client("s3")
+    s3.require_bucket(s3.parse_s3_uri(uri)[0], client)
+    uploaded = s3.upload(source, uri, client)
+    print(f"uploaded {len(uploaded)} file(s) to {uri}", file=out)
+    return 0
+
+
+def local(options: Options, kind: str, dry_run: bool = False, out=sys.stdout) -> int:
+    """Run a job on this machine: build the /opt/ml layout, then docker run or a plain process."""
+    sources = [getattr(options, n) or "" for n in jobs.EVAL_INPUTS] + [options.checkpoint_s3_uri or ""]
+    aws = connect(options) if options.train_job or any(s.startswith("s3://") for s in sources) else None
+    if kind == "train":
+        job = jobs.train_job(
+            options, cloud=False, name=options.job_name or jobs.job_name("detox-train-local")
+        )
+    else:
+        options = _with_train_job(aws, options) if aws else options
+        job = jobs.eval_job(
+            options, cloud=False, name=options.job_name or jobs.job_name("detox-evaluate-local")
+        )
+    root = Path(options.work_dir or Path("detox-local") / job.name)
+    client = aws.client("s3") if aws else None
+    prepare = local_backend.prepare_training if kind == "train" else local_backend.prepare_processing
+    run = prepare(job, root, client)
+    print(f"{job.name}: /opt/ml layout at {run.root}", file=out)
+    if dry_run:
+        if options.docker:
+            command = local_backend.docker_command(run, job.image, job.environment, options.network)
+        else:
+            command = local_backend.process_command(run)
+        print(" ".join(command), file=out)
+        return 0
+    started = time.monotonic()
+    code = local_backend.execute(run, options.docker, job.image, job.environment, options.network, client)
+    elapsed = time.monotonic() - started
+    if code != 0:
+        reason = run.failure or f"exit code {code}"
+        raise LaunchError(f"{job.name} failed after {elapsed:.0f} s: {reason}", EXIT_FAILED)
+    print(f"{job.name}: Completed in {elapsed:.0f} s", file=out)
+    for name, path in run.outputs.items():
+        print(f"  {name}: {path}", file=out)
+    return 0

@@ -1,0 +1,189 @@
+"""What a train or evaluate job is, independent of where it runs (SageMaker or local).
+
+Settings are validated here, on the laptop, with the jobs' own parsers, so a typo fails in a
+second instead of after the instance has started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flan_t5_detox import s3
+from flan_t5_detox.config import EvalConfig, TrainConfig, parse_settings
+from flan_t5_detox.metrics import metric_definitions
+
+from .errors import LaunchError
+from .options import Options
+
+TRAIN_CHANNELS = ("base_model", "peft_checkpoint", "dataset", "reward_model")
+EVAL_INPUTS = (*TRAIN_CHANNELS, "detoxified", "training_output")
+REPORT = "report"
+PROCESSING_INPUT = "/opt/ml/processing/input"
+PROCESSING_OUTPUT = "/opt/ml/processing/output"
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+EVALUATE_ENTRYPOINT = ["evaluate"]
+
+
+def job_name(base: str) -> str:
+    """`base-YYYY-mm-dd-HH-MM-SS-mmm`, the SDK's naming, within SageMaker's 63 characters."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+    return f"{base[: 63 - len(stamp) - 1]}-{stamp}"
+
+
+@dataclass
+class Resources:
+    instance_type: str = "ml.m5.2xlarge"
+    instance_count: int = 1
+    volume_size: int = 30
+    max_run: int = 24 * 3600
+
+
+@dataclass
+class TrainJob:
+    name: str
+    image: str
+    hyperparameters: dict[str, str]  # as sent: every value JSON-encoded, like the SDK's frameworks
+    channels: dict[str, str]  # channel -> S3 URI (or local path for local runs)
+    resources: Resources
+    role: str = ""
+    output_path: str = ""  # SageMaker writes <output_path>/<name>/output/{model,output}.tar.gz
+    checkpoint_s3_uri: str = ""
+    spot: bool = False
+    max_wait: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    metric_definitions: list[dict[str, str]] = field(default_factory=metric_definitions)
+
+    @property
+    def model_artifacts(self) -> str:
+        return s3.join(self.output_path, self.name, "output", "model.tar.gz")
+
+    @property
+    def output_artifacts(self) -> str:
+        return s3.join(self.output_path, self.name, "output", "output.tar.gz")
+
+
+@dataclass
+class EvalJob:
+    name: str
+    image: str
+    arguments: list[str]  # ContainerArguments: --field-name VALUE for each EvalConfig setting given
+    inputs: dict[str, str]  # input name -> S3 URI (or local path for local runs)
+    resources: Resources
+    role: str = ""
+    report_uri: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    entrypoint: list[str] = field(default_factory=lambda: list(EVALUATE_ENTRYPOINT))
+
+
+def encode_hyperparameters(values: dict) -> dict[str, str]:
+    """Validate against TrainConfig, then JSON-encode each given value (the job decodes JSON)."""
+    config = parse_settings(TrainConfig, values)
+    return {name: json.dumps(getattr(config, name)) for name in values}
+
+
+def eval_arguments(values: dict) -> list[str]:
+    """Validate against EvalConfig, then `--field-name VALUE` pairs for ContainerArguments."""
+    config = parse_settings(EvalConfig, values)
+    arguments = []
+    for name in values:
+        arguments += ["--" + name.replace("_", "-"), str(getattr(config, name))]
+    return arguments
+
+
+def _require(value, flag: str, env: str):
+    if not value:
+        raise LaunchError(f"missing {flag}: pass {flag}, set {env}, or put it in the config file")
+    return value
+
+
+def _resources(options: Options) -> Resources:
+    for name in ("instance_count", "volume_size", "max_run"):
+        if getattr(options, name) < 1:
+            raise LaunchError(f"{name.replace('_', '-')} must be >= 1")
+    return Resources(options.instance_type, options.instance_count, options.volume_size, options.max_run)
+
+
+def output_path(options: Options) -> str:
+    if options.output_path:
+        s3.parse_s3_uri(options.output_path)
+        return options.output_path.rstrip("/")
+    bucket = _require(options.bucket, "--bucket", "DETOX_BUCKET")
+    return s3.join(f"s3://{bucket}", options.prefix) if options.prefix else f"s3://{bucket}"
+
+
+def _inputs(options: Options, names: tuple[str, ...], cloud: bool) -> dict[str, str]:
+    inputs = {}
+    for name in names:
+        value = getattr(options, name)
+        if not value:
+            continue
+        if value.startswith("s3://"):
+            s3.parse_s3_uri(value)
+        elif cloud:
+            flag = "--" + name.replace("_", "-")
+            raise LaunchError(
+                f"{flag} must be an S3 URI for SageMaker, got {value!r}; "
+                f"upload it first: detox-launch upload {value} s3://BUCKET/PREFIX/{name}/"
+            )
+        elif not Path(value).exists():
+            raise LaunchError(f"--{name.replace('_', '-')}: {value} does not exist")
+        inputs[name] = value
+    return inputs
+
+
+def train_job(options: Options, cloud: bool = True, name: str | None = None) -> TrainJob:
+    image = _require(options.image, "--image", "DETOX_IMAGE") if cloud or options.docker else ""
+    role = _require(options.role, "--role", "DETOX_ROLE") if cloud else ""
+    name = name or options.job_name or job_name("detox-train")
+    out = output_path(options) if cloud else ""
+    hyperparameters = encode_hyperparameters(options.hyperparameters)
+    if options.spot and not cloud:
+        raise LaunchError("--spot applies to SageMaker jobs only")
+    max_wait = (options.max_wait or 2 * options.max_run) if options.spot else None
+    if max_wait is not None and max_wait < options.max_run:
+        raise LaunchError("--max-wait must be >= --max-run (it includes the run time)")
+    checkpoint = options.checkpoint_s3_uri or (s3.join(out, name, "checkpoints") if cloud else "")
+    if checkpoint:
+        s3.parse_s3_uri(checkpoint)
+    return TrainJob(
+        name=name,
+        image=image,
+        hyperparameters=hyperparameters,
+        channels=_inputs(options, TRAIN_CHANNELS, cloud),
+        resources=_resources(options),
+        role=role,
+        output_path=out,
+        checkpoint_s3_uri=checkpoint,
+        spot=options.spot,
+        max_wait=max_wait,
+        tags={str(k): str(v) for k, v in options.tags.items()},
+        environment={str(k): str(v) for k, v in options.environment.items()},
+    )
+
+
+def eval_job(options: Options, cloud: bool = True, name: str | None = None) -> EvalJob:
+    image = _require(options.image, "--image", "DETOX_IMAGE") if cloud or options.docker else ""
+    role = _require(options.role, "--role", "DETOX_ROLE") if cloud else ""
+    name = name or options.job_name or job_name("detox-evaluate")
+    inputs = _inputs(options, EVAL_INPUTS, cloud)
+    if "detoxified" not in inputs:
+        raise LaunchError(
+            "nothing to evaluate: pass --train-job NAME or --detoxified (the train job's model.tar.gz)"
+        )
+    return EvalJob(
+        name=name,
+        image=image,
+        arguments=eval_arguments(options.evaluate),
+        inputs=inputs,
+        resources=_resources(options),
+        role=role,
+        report_uri=s3.join(output_path(options), name, REPORT) if cloud else "",
+        tags={str(k): str(v) for k, v in options.tags.items()},
+        environment={str(k): str(v) for k, v in options.environment.items()},
+    )
