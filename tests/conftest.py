@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Real local servers (S3, SageMaker API) as fixtures: s3_server, moto_server, sagemaker_proxy, aws.
+pytest_plugins = ["tests.servers"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -15,6 +15,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from flan_t5_detox import checkpoint
 from flan_t5_detox.metrics import metric_definitions
+from tests.servers import ISOLATION, aws_env, s3_test_client
 
 TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
 
@@ -132,3 +133,31 @@ def test_sigterm_checkpoints_and_a_restart_resumes_to_the_same_result(train_layo
     assert torch.load(
         root / "model" / "adapter_model.bin", weights_only=True
     )  # the resumed run saved a model
+
+
+def test_peft_checkpoint_is_pulled_from_s3(train_layout, tiny_models, s3_server):
+    """No peft_checkpoint channel: the job downloads the adapter from `peft_checkpoint_s3_uri`."""
+    client = s3_test_client(s3_server.url)
+    client.create_bucket(Bucket="detox-inputs")
+    for path in tiny_models.peft_checkpoint.iterdir():
+        client.upload_file(str(path), "detox-inputs", f"models/peft/{path.name}")
+    root = train_layout(max_ppo_steps=1, peft_checkpoint_s3_uri="s3://detox-inputs/models/peft/")
+    shutil.rmtree(root / "input" / "data" / "peft_checkpoint")
+    env = {
+        **os.environ,
+        **ISOLATION,
+        **aws_env(s3_server.url, "http://127.0.0.1:9"),  # S3 only; nothing else is called
+    }
+    result = subprocess.run(
+        [*TRAIN, "--ml-root", str(root)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (root / "model" / "adapter_model.bin").is_file()
+
+    missing = train_layout("missing", max_ppo_steps=1, peft_checkpoint_s3_uri="s3://detox-inputs/nothing/")
+    shutil.rmtree(missing / "input" / "data" / "peft_checkpoint")
+    result = subprocess.run(
+        [*TRAIN, "--ml-root", str(missing)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode != 0
+    assert "s3://detox-inputs/nothing/" in (missing / "output" / "failure").read_text()
