@@ -83,6 +83,11 @@ def select_examples(test: list[Example], num_samples: int) -> list[Example]:
     if not test:
         raise JobInputError("the test split is empty: supply more dialogues or raise test_size")
     chosen = test[:num_samples] if num_samples else list(test)
+    if len(chosen) < 2:  # one pair has no spread: no interval, no test
+        raise JobInputError(
+            f"paired statistics need at least 2 test dialogues, got {len(chosen)} "
+            f"(num_samples={num_samples}, test split {len(test)}); raise num_samples or supply more data"
+        )
     missing = [e.id for e in chosen if not e.summary.strip()]
     if missing:
         raise JobInputError(

@@ -114,5 +114,7 @@ def test_sample_selection_and_its_errors():
     assert len(evaluation.select_examples(test, 500)) == 7
     with pytest.raises(JobInputError, match="test split is empty"):
         evaluation.select_examples([], 10)
+    with pytest.raises(JobInputError, match="at least 2 test dialogues, got 1"):
+        evaluation.select_examples(test, 1)
     with pytest.raises(JobInputError, match="no reference summary"):
-        evaluation.select_examples([Example("x", "d", " ", "p")], 10)
+        evaluation.select_examples([*test, Example("x", "d", " ", "p")], 10)
