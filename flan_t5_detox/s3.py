@@ -57,7 +57,7 @@ def explained(uri: str):
         if code in ("NoSuchKey", "404", "NotFound"):
             raise S3Error(f"nothing found at {uri}") from None
         if code in ("AccessDenied", "403", "AllAccessDisabled"):
-            raise S3Error(f"access denied to {uri}: check the role or credentials' S3 permissions") from None
+            raise S3Error(f"access denied to {uri}: check the credentials and their S3 permissions") from None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
             raise S3Error(f"S3 rejected the AWS credentials ({code}) for {uri}") from None
         raise S3Error(f"S3 request for {uri} failed: {code}: {error.get('Message', exc)}") from None

@@ -167,7 +167,8 @@ def _flags(args: argparse.Namespace) -> dict:
     return flags
 
 
-def run(args: argparse.Namespace, out=sys.stdout) -> int:
+def run(args: argparse.Namespace, out=None) -> int:
+    out = out or sys.stdout  # looked up now, so redirections (and pytest's capture) apply
     options = resolve(_flags(args))
     if args.command == "train":
         return commands.train(options, out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -42,11 +41,16 @@ def _with_train_job(aws: Aws, options: Options) -> Options:
     if status.status != "Completed" or not status.artifacts:
         raise LaunchError(f"train job {status.name} is {status.status}; evaluate needs a completed one")
     options.detoxified = options.detoxified or status.artifacts["model"]
-    options.training_output = options.training_output or status.artifacts["output"]
+    options.training_output = options.training_output or _existing(aws, status.artifacts["output"])
     return options
 
 
-def train(options: Options, out=sys.stdout) -> int:
+def _existing(aws: Aws, uri: str) -> str | None:
+    """`uri` if something is there (a job that wrote no output data has no output.tar.gz)."""
+    return uri if s3.list_objects(uri, aws.client("s3")) else None
+
+
+def train(options: Options, out) -> int:
     job = jobs.train_job(options)
     aws = connect(options)
     sm.submit_training(aws, job)
@@ -54,7 +58,7 @@ def train(options: Options, out=sys.stdout) -> int:
     return _ended(_follow(aws, job.name, options, out, "train")) if options.wait else 0
 
 
-def evaluate(options: Options, out=sys.stdout) -> int:
+def evaluate(options: Options, out) -> int:
     aws = connect(options)
     job = jobs.eval_job(_with_train_job(aws, options))
     sm.submit_processing(aws, job)
@@ -62,15 +66,17 @@ def evaluate(options: Options, out=sys.stdout) -> int:
     return _ended(_follow(aws, job.name, options, out, "evaluate")) if options.wait else 0
 
 
-def pipeline(options: Options, dest: Path, out=sys.stdout) -> int:
+def pipeline(options: Options, dest: Path, out) -> int:
     """train -> wait -> evaluate the trained model -> wait -> fetch the report."""
-    stamp = jobs.job_name("")[1:]  # one timestamp names both jobs
-    train_job = jobs.train_job(options, name=f"detox-train-{stamp}")
+    stamp = jobs.timestamp()  # one timestamp names both jobs
+    train_job = jobs.train_job(options, name=jobs.job_name("detox-train", stamp))
     # The evaluation's "before" model is the adapter the training started from.
     peft = options.peft_checkpoint or options.hyperparameters.get("peft_checkpoint_s3_uri")
     options.peft_checkpoint = peft or None
     options.detoxified, options.training_output = train_job.model_artifacts, train_job.output_artifacts
-    eval_job = jobs.eval_job(options, name=f"detox-evaluate-{stamp}")  # validated before anything runs
+    eval_job = jobs.eval_job(
+        options, name=jobs.job_name("detox-evaluate", stamp)
+    )  # validated before anything runs
     aws = connect(options)
 
     sm.submit_training(aws, train_job)
@@ -78,26 +84,26 @@ def pipeline(options: Options, dest: Path, out=sys.stdout) -> int:
     trained = _follow(aws, train_job.name, options, out, "train")
     _ended(trained)
     eval_job.inputs["detoxified"] = trained.artifacts.get("model", train_job.model_artifacts)
+    if not _existing(aws, eval_job.inputs["training_output"]):
+        del eval_job.inputs["training_output"]
     sm.submit_processing(aws, eval_job)
     _submitted(aws, "processing-jobs", eval_job.name, eval_job.report_uri, out)
     _ended(_follow(aws, eval_job.name, options, out, "evaluate"))
     return fetch(options, eval_job.name, dest, out, aws)
 
 
-def wait(options: Options, name: str, out=sys.stdout) -> int:
+def wait(options: Options, name: str, out) -> int:
     return _ended(_follow(connect(options), name, options, out))
 
 
-def stop(options: Options, name: str, out=sys.stdout) -> int:
+def stop(options: Options, name: str, out) -> int:
     aws = connect(options)
     status = sm.stop(aws, name)
     print(status.line(), file=out)
     return _ended(_follow(aws, name, options, out, status.kind)) if options.wait else 0
 
 
-def list_jobs(
-    options: Options, kind: str, status: str | None, name_contains: str, limit: int, out=sys.stdout
-):
+def list_jobs(options: Options, kind: str, status: str | None, name_contains: str, limit: int, out):
     found = sm.list_jobs(connect(options), kind, status, name_contains, limit)
     rows = [("NAME", "KIND", "STATUS", "CREATED", "REASON")]
     for job in found:
@@ -111,7 +117,7 @@ def list_jobs(
     return 0
 
 
-def fetch(options: Options, target: str, dest: Path, out=sys.stdout, aws: Aws | None = None) -> int:
+def fetch(options: Options, target: str, dest: Path, out, aws: Aws | None = None) -> int:
     from .artifacts import fetch_artifacts
 
     aws = aws or connect(options)
@@ -127,7 +133,7 @@ def fetch(options: Options, target: str, dest: Path, out=sys.stdout, aws: Aws | 
     return 0
 
 
-def upload(options: Options, source: Path, uri: str, out=sys.stdout) -> int:
+def upload(options: Options, source: Path, uri: str, out) -> int:
     s3.parse_s3_uri(uri)
     if not source.exists():
         raise LaunchError(f"nothing to upload at {source}")
@@ -139,7 +145,7 @@ def upload(options: Options, source: Path, uri: str, out=sys.stdout) -> int:
     return 0
 
 
-def local(options: Options, kind: str, dry_run: bool = False, out=sys.stdout) -> int:
+def local(options: Options, kind: str, dry_run: bool, out) -> int:
     """Run a job on this machine: build the /opt/ml layout, then docker run or a plain process."""
     sources = [getattr(options, n) or "" for n in jobs.EVAL_INPUTS] + [options.checkpoint_s3_uri or ""]
     aws = connect(options) if options.train_job or any(s.startswith("s3://") for s in sources) else None
@@ -157,10 +163,11 @@ def local(options: Options, kind: str, dry_run: bool = False, out=sys.stdout) ->
     prepare = local_backend.prepare_training if kind == "train" else local_backend.prepare_processing
     run = prepare(job, root, client)
     print(f"{job.name}: /opt/ml layout at {run.root}", file=out)
-    if dry_run:
+    if dry_run:  # the layout is complete, so the printed command can be run by hand
         if options.docker:
             command = local_backend.docker_command(run, job.image, job.environment, options.network)
         else:
+            local_backend.link_mounts(run)
             command = local_backend.process_command(run)
         print(" ".join(command), file=out)
         return 0

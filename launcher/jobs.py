@@ -27,10 +27,15 @@ CHECKPOINT_DIR = "/opt/ml/checkpoints"
 EVALUATE_ENTRYPOINT = ["evaluate"]
 
 
-def job_name(base: str) -> str:
-    """`base-YYYY-mm-dd-HH-MM-SS-mmm`, the SDK's naming, within SageMaker's 63 characters."""
+def timestamp() -> str:
+    """UTC `YYYY-mm-dd-HH-MM-SS-mmm`, as the SageMaker SDK stamps job names."""
     now = time.time()
-    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+    return time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+
+
+def job_name(base: str, stamp: str | None = None) -> str:
+    """`base-<timestamp>` within SageMaker's 63 characters."""
+    stamp = stamp or timestamp()
     return f"{base[: 63 - len(stamp) - 1]}-{stamp}"
 
 

@@ -274,7 +274,10 @@ def list_jobs(
     jobs = []
     if kind in ("all", "train"):
         for item in client.list_training_jobs(**query).get("TrainingJobSummaries", []):
-            jobs.append(_training_status(item))
+            job = _training_status(item)
+            if job.status == "Failed":  # training summaries carry no FailureReason
+                job.reason = describe(aws, job.name, "train", client).reason
+            jobs.append(job)
     if kind in ("all", "evaluate"):
         for item in client.list_processing_jobs(**query).get("ProcessingJobSummaries", []):
             jobs.append(_processing_status(item))

