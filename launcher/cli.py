@@ -36,6 +36,19 @@ TABLE_FLAGS = {  # flag -> (Options table, metavar, help, decode values like the
 }
 
 
+EXAMPLES = """examples:
+  detox-launch upload ./peft-dialogue-summary-checkpoint s3://BUCKET/inputs/peft/
+  detox-launch train --image ECR_IMAGE --role ROLE_ARN --bucket BUCKET \\
+      --peft-checkpoint s3://BUCKET/inputs/peft/ --hp max_ppo_steps=20 --wait
+  detox-launch evaluate --image ECR_IMAGE --role ROLE_ARN --bucket BUCKET \\
+      --train-job detox-train-... --peft-checkpoint s3://BUCKET/inputs/peft/ --eval num_samples=300 --wait
+  detox-launch fetch detox-evaluate-... --out ./report
+  detox-launch pipeline --config detox.toml --out ./report      # all of the above in one go
+  detox-launch local train --image flan-t5-detox:latest --peft-checkpoint ./peft --work-dir ./ml
+  detox-launch local train --no-docker --peft-checkpoint ./peft --work-dir ./ml
+exit codes: 0 completed, 1 job failed, 2 bad input, 3 job stopped, 4 --timeout reached"""
+
+
 def _add(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     defaults = Options()
     for name in names:
@@ -90,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the flan-t5-detox train and evaluate jobs on SageMaker (training and processing "
         "jobs) or locally (Docker or plain processes). Settings: flags > environment (DETOX_<NAME>, "
         "AWS_*) > config file.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,17 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     waiting = argparse.ArgumentParser(add_help=False)
     _add(waiting, WAIT)
 
-    p = command(
-        "train", "submit the train job as a SageMaker training job", _job_parent("train", True), waiting
-    )
-    _add(p, ("wait",))
-    p = command(
-        "evaluate",
-        "submit the evaluate job as a SageMaker processing job",
-        _job_parent("evaluate", True),
-        waiting,
-    )
-    _add(p, ("wait",))
+    for kind, job in (("train", "training"), ("evaluate", "processing")):
+        p = command(kind, f"submit the {kind} job as a SageMaker {job} job", _job_parent(kind, True), waiting)
+        _add(p, ("wait",))
     p = command(
         "pipeline",
         "train, wait, evaluate the trained model, wait, then fetch the report",
