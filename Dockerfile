@@ -37,8 +37,11 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle 
         export PIP_CERT=/tmp/ca.pem; \
     fi; \
     case "$TORCH_VARIANT" in \
-        cpu) sed -e '/^nvidia-/d' -e 's/^torch==\([^+]*\)$/torch==\1+cpu/' /tmp/requirements.lock >/tmp/req.txt; \
-             export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX_URL" ;; \
+        cpu) \
+            # Only torch comes from the PyTorch index (no other package can be taken from there).
+            pip install -q --no-deps --index-url "$TORCH_CPU_INDEX_URL" \
+                "torch==$(sed -n 's/^torch==//p' /tmp/requirements.lock)+cpu"; \
+            grep -v -E '^(torch|nvidia-[a-z0-9-]+)==' /tmp/requirements.lock >/tmp/req.txt ;; \
         pypi) cp /tmp/requirements.lock /tmp/req.txt ;; \
         *) echo "TORCH_VARIANT must be cpu or pypi, got $TORCH_VARIANT" >&2; exit 2 ;; \
     esac; \

@@ -3,7 +3,8 @@
 # docker.io, start dockerd without touching the host's firewall or bridges, make a Debian base
 # image with debootstrap, build the job image, run the container tests, stop dockerd by PID.
 #
-#   .ci/docker.sh start    install, start dockerd, base image, build the image (dockerd stays up)
+#   .ci/docker.sh start    install, start dockerd, base image, build the image, then restart
+#                          dockerd in its own network namespace for the tests (it stays up)
 #   .ci/docker.sh test     the container tests (pytest -m docker)
 #   .ci/docker.sh stop     stop the dockerd that `start` started (by its recorded PID)
 #   .ci/docker.sh          all three
@@ -23,8 +24,9 @@ export DOCKER_BUILDKIT=1
 log() { echo "== docker: $*"; }
 
 install() {
-    if [ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ] && [ -x "$DOCKER" ]; then return; fi
-    log "installing Debian's docker.io and debootstrap"
+    if [ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ] && [ -x "$DOCKER" ] &&
+        [ -x /usr/bin/docker-compose ]; then return; fi
+    log "installing Debian's docker.io, docker-compose (SageMaker SDK local mode) and debootstrap"
     # Never let the package start a dockerd with default flags (it would add bridges and
     # iptables rules): deny service starts while installing.
     local made_policy=
@@ -34,20 +36,27 @@ install() {
     fi
     apt-get -o DPkg::Lock::Timeout=600 update -qq
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-        --no-install-recommends docker.io debootstrap >/dev/null
+        --no-install-recommends docker.io docker-compose debootstrap >/dev/null
     if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 }
 
 up() {
+    # $1 = isolated: give dockerd a network namespace of its own. The tests need no network, and
+    # the SageMaker SDK's local mode makes compose create a bridge network: there it stays off the
+    # host. The build needs the host's network, so it runs against a non-isolated dockerd.
     install
     mkdir -p "$STATE"
-    if "$DOCKER" info >/dev/null 2>&1; then
+    if [ ! -f "$STATE/dockerd.pid" ] && "$DOCKER" info >/dev/null 2>&1; then
         log "using the Docker engine already running"
         return
     fi
-    log "starting dockerd (no iptables, no bridge); log in $STATE/dockerd.log"
-    dockerd --storage-driver=overlay2 --iptables=false --ip-forward=false --bridge=none \
-        >"$STATE/dockerd.log" 2>&1 &
+    down
+    local cmd=(dockerd --storage-driver=overlay2 --iptables=false --ip-forward=false --bridge=none)
+    if [ "${1:-}" = isolated ]; then
+        cmd=(unshare --net -- sh -c 'ip link set lo up && exec "$@"' sh "${cmd[@]}")
+    fi
+    log "starting dockerd${1:+ in its own network namespace} (no iptables, no bridge); log in $STATE/dockerd.log"
+    "${cmd[@]}" >"$STATE/dockerd.log" 2>&1 &
     echo $! >"$STATE/dockerd.pid"
     for _ in $(seq 60); do
         "$DOCKER" info >/dev/null 2>&1 && return
@@ -141,6 +150,7 @@ start)
     started=$SECONDS
     up
     build
+    up isolated
     log "ready in $((SECONDS - started)) s"
     ;;
 test) test_image ;;
@@ -150,6 +160,7 @@ all)
     trap down EXIT
     up
     build
+    up isolated
     test_image
     log "docker part took $((SECONDS - started)) s"
     ;;
