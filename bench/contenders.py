@@ -1,0 +1,355 @@
+"""The two contenders, each as one timed PPO step and one timed evaluation pass.
+
+`notebook_*` re-creates the lab notebook's loop (bf16 model, one prompt per
+`ppo_trainer.generate` call with its own max_new_tokens, a transformers
+text-classification pipeline for the reward, trl's step; evaluation one sample
+at a time through an `evaluate` toxicity measurement). `ours_*` runs the
+project's path (`DetoxTrainer.run_step`; batched `generate` + `RewardModel.score`).
+
+Both get the same prompts and the same per-prompt budgets, and EOS is
+suppressed until the budget (min_length = budget + 1: the decoder start token
+counts), so both generate exactly the same number of tokens. Two deviations
+from the notebook, both forced by that: min_length is the budget instead of 5,
+and the reward pipeline truncates to the classifier's 512-token window
+(forced-length texts can exceed it; the project truncates too).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from flan_t5_detox import data, models
+from flan_t5_detox.config import TrainConfig
+from flan_t5_detox.generation import LengthSampler, SamplingSettings, decode, generate
+from flan_t5_detox.ppo import DetoxTrainer
+from flan_t5_detox.rewards import RewardModel
+
+
+@dataclass
+class Workload:
+    """What both contenders are asked to do; plain data so it can cross a process boundary."""
+
+    base_model: str
+    peft_checkpoint: str
+    reward_model: str
+    train_prompts: list[str]
+    budgets: list[int]  # new tokens per train prompt, drawn once with a seeded sampler
+    eval_prompts: list[str]
+    eval_new_tokens: int
+    seed: int = 0
+    notebook_dtype: str = "bfloat16"
+
+
+@dataclass
+class Measurement:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def result(self) -> dict:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {
+            "seconds": dict(self.seconds),
+            "counts": self.counts,
+            "notes": self.notes,
+            "peak_rss_mb": peak_kb / 1024,
+        }
+
+
+class Timer:
+    def __init__(self, measurement: Measurement, phase: str):
+        self.measurement, self.phase = measurement, phase
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.measurement.seconds[self.phase] += time.perf_counter() - self.start
+
+
+def instrument_trl(trainer, m: Measurement) -> None:
+    """Split trl's step into its parts by wrapping the calls it makes (same for both contenders)."""
+
+    def wrap(owner, name, phase_of):
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            phase = phase_of()
+            with Timer(m, phase):
+                return original(*args, **kwargs)
+
+        setattr(owner, name, timed)
+
+    # No-grad passes score the rollout (policy log-probs + values, then the reference);
+    # passes with grad are PPO's training forwards.
+    wrap(
+        trainer,
+        "batched_forward_pass",
+        lambda: "ppo_train_forward" if torch.is_grad_enabled() else "ppo_score",
+    )
+    wrap(trainer.accelerator, "backward", lambda: "ppo_backward")
+    wrap(trainer.optimizer, "step", lambda: "ppo_optimizer")
+
+
+def _ppo_parts(m: Measurement, step_seconds: float) -> None:
+    parts = ("ppo_score", "ppo_train_forward", "ppo_backward", "ppo_optimizer")
+    m.seconds["ppo_other"] = step_seconds - sum(m.seconds[p] for p in parts)
+
+
+def _lengths(m: Measurement, tokenizer, queries, responses, reward_tokenizer, reward_texts) -> None:
+    m.counts["query_tokens"] = [len(q) for q in queries]
+    m.counts["response_tokens"] = [len(r) for r in responses]
+    enc = reward_tokenizer(reward_texts, truncation=True)
+    m.counts["reward_tokens"] = [len(ids) for ids in enc["input_ids"]]
+
+
+# -- the notebook's loop ------------------------------------------------------------------
+def _notebook_policy(w: Workload):
+    from peft import LoraConfig, PeftModel, TaskType
+    from transformers import AutoModelForSeq2SeqLM
+    from trl import AutoModelForSeq2SeqLMWithValueHead, create_reference_model
+
+    dtype = getattr(torch, w.notebook_dtype)
+    lora_config = LoraConfig(
+        r=32, lora_alpha=32, target_modules=["q", "v"], lora_dropout=0.05, bias="none",
+        task_type=TaskType.SEQ_2_SEQ_LM,
+    )  # fmt: skip
+    model = AutoModelForSeq2SeqLM.from_pretrained(w.base_model, torch_dtype=dtype)
+    peft_model = PeftModel.from_pretrained(
+        model, w.peft_checkpoint, lora_config=lora_config, torch_dtype=dtype, is_trainable=True
+    )
+    ppo_model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(
+        peft_model, torch_dtype=dtype, is_trainable=True
+    )
+    return ppo_model, create_reference_model(ppo_model)
+
+
+def notebook_ppo(w: Workload) -> dict:
+    from transformers import pipeline
+    from trl import PPOConfig, PPOTrainer
+
+    m = Measurement()
+    tokenizer = models.load_tokenizer(w.base_model)
+    ppo_model, ref_model = _notebook_policy(w)
+    config = PPOConfig(
+        model_name="google/flan-t5-base",
+        learning_rate=1.41e-5,
+        ppo_epochs=1,
+        mini_batch_size=4,
+        batch_size=len(w.train_prompts),
+    )
+    trainer = PPOTrainer(config=config, model=ppo_model, ref_model=ref_model, tokenizer=tokenizer)
+    reward_pipe = pipeline("text-classification", model=w.reward_model, device="cpu")
+    instrument_trl(trainer, m)
+    prompt_tensors = [torch.tensor(tokenizer.encode(p)) for p in w.train_prompts]
+    queries = [tokenizer.decode(q) for q in prompt_tensors]
+    _warm_up(trainer.accelerator.unwrap_model(trainer.model), prompt_tensors[0])
+
+    torch.manual_seed(w.seed)
+    start = time.perf_counter()
+    with Timer(m, "generate"):
+        summaries = []
+        for prompt, budget in zip(prompt_tensors, w.budgets):
+            kwargs = {"min_length": budget + 1, "top_k": 0.0, "top_p": 1.0, "do_sample": True}
+            kwargs["max_new_tokens"] = budget
+            summary = trainer.generate(prompt, **kwargs)
+            summaries.append(summary.squeeze()[-budget:])
+    with Timer(m, "reward"):
+        responses = [tokenizer.decode(s.squeeze()) for s in summaries]
+        pairs = [q + r for q, r in zip(queries, responses)]
+        outputs = reward_pipe(pairs, top_k=None, function_to_apply="none", batch_size=16, truncation=True)
+        rewards = [torch.tensor(out[0]["score"]) for out in outputs]
+    with Timer(m, "ppo"):
+        trainer.step(prompt_tensors, summaries, rewards)
+    m.seconds["step"] = time.perf_counter() - start
+    _ppo_parts(m, m.seconds["ppo"])
+    _lengths(m, tokenizer, prompt_tensors, summaries, reward_pipe.tokenizer, pairs)
+    m.notes["dtype"] = w.notebook_dtype
+    return m.result()
+
+
+class _Toxicity:
+    """The `evaluate` toxicity measurement (its hub script cannot be fetched here): a
+    text-classification pipeline with all labels' softmax scores, reporting `toxic_label`'s."""
+
+    @staticmethod
+    def load(model: str, toxic_label: str = "hate"):
+        import datasets
+        import evaluate
+        from transformers import pipeline
+
+        class Toxicity(evaluate.Measurement):
+            def _info(self):
+                return evaluate.MeasurementInfo(
+                    module_type="measurement", description="toxicity", citation="", inputs_description="",
+                    features=datasets.Features({"predictions": datasets.Value("string", id="sequence")}),
+                )  # fmt: skip
+
+            def _download_and_prepare(self, dl_manager):
+                self.classifier = pipeline(
+                    "text-classification", model=self.config_name, top_k=99999, truncation=True
+                )
+
+            def _compute(self, predictions):
+                scores = [
+                    next(s["score"] for s in row if s["label"] == toxic_label)
+                    for row in self.classifier(predictions)
+                ]
+                return {"toxicity": scores}
+
+        measurement = Toxicity(config_name=model)
+        measurement.download_and_prepare()
+        return measurement
+
+
+def notebook_eval(w: Workload) -> dict:
+    from transformers import GenerationConfig
+
+    m = Measurement()
+    tokenizer = models.load_tokenizer(w.base_model)
+    _, ref_model = _notebook_policy(w)
+    evaluator = _Toxicity.load(w.reward_model)
+    _warm_up(ref_model, torch.tensor(tokenizer.encode(w.eval_prompts[0])))
+
+    torch.manual_seed(w.seed)
+    toxicities, responses = [], []
+    start = time.perf_counter()
+    for text in w.eval_prompts:
+        with Timer(m, "generate"):
+            input_ids = tokenizer(text, return_tensors="pt", padding=True).input_ids
+            generation_config = GenerationConfig(
+                max_new_tokens=w.eval_new_tokens, min_length=w.eval_new_tokens + 1, top_k=0.0, top_p=1.0,
+                do_sample=True,
+            )  # fmt: skip
+            response_ids = ref_model.generate(input_ids=input_ids, generation_config=generation_config)
+            responses.append(response_ids[0])
+        with Timer(m, "reward"):
+            generated = tokenizer.decode(response_ids[0], skip_special_tokens=True)
+            toxicities.extend(evaluator.compute(predictions=[text + " " + generated])["toxicity"])
+    m.seconds["total"] = time.perf_counter() - start
+    queries = [tokenizer(p).input_ids for p in w.eval_prompts]
+    texts = [
+        p + " " + tokenizer.decode(r, skip_special_tokens=True) for p, r in zip(w.eval_prompts, responses)
+    ]
+    _lengths(m, tokenizer, queries, [r[1:] for r in responses], evaluator.classifier.tokenizer, texts)
+    m.notes["dtype"] = w.notebook_dtype
+    return m.result()
+
+
+# -- the project's path ---------------------------------------------------------------------
+class _FixedLengths(LengthSampler):
+    """Stands in for the trainer's seeded LengthSampler: the workload's budgets."""
+
+    def __init__(self, budgets: list[int]):
+        super().__init__(min(budgets), max(budgets) + 1, seed=0)
+        self.budgets = budgets
+
+    def sample(self, n: int) -> list[int]:
+        return self.budgets[:n]
+
+
+class _InOrder:
+    """Stands in for the trainer's BatchOrder: prompt i gets budget i, as in the notebook re-creation."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def batch(self, position: int) -> list[int]:
+        return list(range(self.n))
+
+
+def ours_ppo(w: Workload) -> dict:
+    m = Measurement()
+    threads = models.set_threads(0)
+    dtype = models.pick_dtype("auto")
+    tokenizer = models.load_tokenizer(w.base_model)
+    peft_dir = Path(w.peft_checkpoint)
+    policy = models.build_policy(
+        models.load_summarizer(w.base_model, peft_dir, dtype), models.read_lora_config(peft_dir)
+    )
+    reward_model = RewardModel(w.reward_model, "nothate", batch_size=len(w.train_prompts))
+
+    def reward_fn(queries, responses, _ids):
+        return reward_model.rewards([q + " " + r for q, r in zip(queries, responses)])
+
+    # min_length above every budget: EOS is never sampled, each row stops at its budget.
+    config = TrainConfig(
+        batch_size=len(w.train_prompts),
+        output_min_length=min(w.budgets),
+        output_max_length=max(w.budgets) + 1,
+        min_length=max(w.budgets) + 1,
+        seed=w.seed,
+    )
+    prompts = [
+        data.Example(id=str(i), dialogue="", summary="", prompt=p) for i, p in enumerate(w.train_prompts)
+    ]
+    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_fn)
+    trainer.lengths, trainer.order = _FixedLengths(w.budgets), _InOrder(len(prompts))
+    instrument_trl(trainer.trl, m)
+    sent = {}
+    trl_step = trainer.trl.step
+
+    def step(queries, responses, scores):
+        sent["responses"] = responses  # what PPO trains on, for the token counts
+        return trl_step(queries, responses, scores)
+
+    trainer.trl.step = step
+    _warm_up(policy, trainer.query_ids[0])
+
+    torch.manual_seed(w.seed)
+    start = time.perf_counter()
+    result = trainer.run_step()
+    m.seconds["step"] = time.perf_counter() - start
+    for phase in ("generate", "reward", "ppo"):
+        m.seconds[phase] = result.metrics[f"time_{phase}"]
+    _ppo_parts(m, m.seconds["ppo"])
+    texts = [q + " " + r for q, r in zip(result.queries, result.responses)]
+    _lengths(
+        m, tokenizer, trainer.query_ids, [r[1:] for r in sent["responses"]], reward_model.tokenizer, texts
+    )
+    m.notes.update(dtype=str(dtype).replace("torch.", ""), threads=str(threads))
+    return m.result()
+
+
+def ours_eval(w: Workload) -> dict:
+    m = Measurement()
+    threads = models.set_threads(0)
+    dtype = models.pick_dtype("auto")
+    tokenizer = models.load_tokenizer(w.base_model)
+    summarizer = models.load_summarizer(w.base_model, Path(w.peft_checkpoint), dtype).eval()
+    reward_model = RewardModel(w.reward_model, "nothate", batch_size=16)
+    queries = [torch.tensor(ids) for ids in tokenizer(w.eval_prompts, truncation=True)["input_ids"]]
+    _warm_up(summarizer, queries[0])
+    sampling = SamplingSettings(min_length=w.eval_new_tokens + 1, top_k=0, top_p=1.0)
+
+    torch.manual_seed(w.seed)
+    start = time.perf_counter()
+    with Timer(m, "generate"):
+        responses = generate(summarizer, tokenizer, queries, [w.eval_new_tokens] * len(queries), sampling, 16)
+    with Timer(m, "reward"):
+        texts = [p + " " + r for p, r in zip(w.eval_prompts, decode(tokenizer, responses))]
+        reward_model.score(texts).probabilities[:, reward_model.index_of("hate")]
+    m.seconds["total"] = time.perf_counter() - start
+    _lengths(m, tokenizer, queries, [r[1:] for r in responses], reward_model.tokenizer, texts)
+    m.notes.update(dtype=str(dtype).replace("torch.", ""), threads=str(threads))
+    return m.result()
+
+
+def _warm_up(model, query: torch.Tensor) -> None:
+    """One short generate so one-time kernel and allocator set-up is not timed (both contenders)."""
+    with torch.no_grad():
+        model.generate(input_ids=query[None], max_new_tokens=2, do_sample=True, top_k=0)
+
+
+WORKERS = {
+    "notebook_ppo": notebook_ppo,
+    "notebook_eval": notebook_eval,
+    "ours_ppo": ours_ppo,
+    "ours_eval": ours_eval,
+}

@@ -1,0 +1,137 @@
+"""Analytic FLOPs of each phase (from the model configs and the real token counts) and the
+machine's measured limits (GEMM throughput per dtype, memory bandwidth).
+
+FLOPs count the matrix products the math needs, without padding: linear layers
+(2 * in * out per token), attention scores and mixing (4 * queries * keys * width per
+layer), the LM head, the LoRA products. Backward through frozen weights costs one
+forward (input gradients only), attention products two. Generation uses the KV
+cache: each new token runs the decoder on one position against its cached keys.
+Roofline time of a phase = max(FLOPs / peak GEMM rate, bytes that must stream from
+memory / bandwidth); the latter matters only for generation, whose longest
+response needs that many sequential decoder steps, each reading the decoder weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .fixtures import LORA, ROBERTA_BASE, T5_BASE
+
+
+@dataclass
+class T5Shape:
+    d: int = T5_BASE["d_model"]
+    inner: int = T5_BASE["num_heads"] * T5_BASE["d_kv"]
+    ff: int = T5_BASE["d_ff"]
+    enc_layers: int = T5_BASE["num_layers"]
+    dec_layers: int = T5_BASE["num_decoder_layers"]
+    vocab: int = T5_BASE["vocab_size"]
+    lora_r: int = LORA["r"]  # q and v of every attention block
+
+    def lora(self, tokens: float, modules: int) -> float:
+        return 2 * tokens * modules * self.lora_r * (self.d + self.inner) if self.lora_r else 0.0
+
+    def encoder(self, n: int) -> tuple[float, float]:
+        """(linear, attention) FLOPs of the encoder on n tokens."""
+        linear = 2 * n * (4 * self.d * self.inner + 3 * self.d * self.ff) + self.lora(n, 2)
+        return self.enc_layers * linear, self.enc_layers * 4 * n * n * self.inner
+
+    def decoder(self, t: int, s: int) -> tuple[float, float]:
+        """(linear, attention) FLOPs of a teacher-forced decoder pass: t positions, s encoder tokens."""
+        per_token = 6 * self.d * self.inner + 3 * self.d * self.ff  # self q,k,v,o; cross q,o; FF
+        linear = 2 * t * per_token + 2 * s * 2 * self.d * self.inner + self.lora(t, 3) + self.lora(s, 1)
+        attention = 4 * t * t * self.inner + 4 * t * s * self.inner
+        return self.dec_layers * linear + 2 * t * self.d * self.vocab, self.dec_layers * attention
+
+    def decode(self, n: int, s: int) -> float:
+        """FLOPs of sampling n tokens one at a time with the KV cache (after the encoder)."""
+        per_token = 6 * self.d * self.inner + 3 * self.d * self.ff
+        linear = 2 * n * per_token + 2 * s * 2 * self.d * self.inner + self.lora(n, 3) + self.lora(s, 1)
+        attention = sum(4 * (t + 1) * self.inner + 4 * s * self.inner for t in range(n))
+        return self.dec_layers * (linear + attention) + 2 * n * self.d * self.vocab
+
+    def decoder_weight_bytes(self, bytes_per_value: int) -> float:
+        per_layer = 6 * self.d * self.inner + 3 * self.d * self.ff
+        return bytes_per_value * (self.dec_layers * per_layer + self.d * self.vocab)
+
+
+@dataclass
+class RobertaShape:
+    d: int = ROBERTA_BASE["hidden_size"]
+    ff: int = ROBERTA_BASE["intermediate_size"]
+    layers: int = ROBERTA_BASE["num_hidden_layers"]
+
+    def forward(self, n: int) -> float:
+        return self.layers * (2 * n * (4 * self.d * self.d + 2 * self.d * self.ff) + 4 * n * n * self.d)
+
+
+def ppo_step_flops(
+    query_tokens: list[int], response_tokens: list[int], reward_tokens: list[int]
+) -> dict[str, float]:
+    """FLOPs per phase of one PPO step (ppo_epochs=1): rollout, reward, two scoring passes
+    (policy, reference), one training forward and its backward."""
+    t5, roberta = T5Shape(), RobertaShape()
+    generate = score = backward = 0.0
+    for q, n in zip(query_tokens, response_tokens):
+        enc_lin, enc_att = t5.encoder(q)
+        dec_lin, dec_att = t5.decoder(n + 1, q)  # + the decoder start token
+        generate += enc_lin + enc_att + t5.decode(n, q)
+        score += enc_lin + enc_att + dec_lin + dec_att
+        backward += enc_lin + 2 * enc_att + dec_lin + 2 * dec_att
+    return {
+        "generate": generate,
+        "reward": sum(roberta.forward(n) for n in reward_tokens),
+        "ppo_score": 2 * score,
+        "ppo_train_forward": score,
+        "ppo_backward": backward,
+    }
+
+
+def eval_flops(
+    query_tokens: list[int], response_tokens: list[int], reward_tokens: list[int]
+) -> dict[str, float]:
+    t5, roberta = T5Shape(lora_r=0), RobertaShape()  # evaluation runs the merged summarizer
+    generate = sum(sum(t5.encoder(q)) + t5.decode(n, q) for q, n in zip(query_tokens, response_tokens))
+    return {"generate": generate, "reward": sum(roberta.forward(n) for n in reward_tokens)}
+
+
+def generation_memory_bytes(response_tokens: list[int], bytes_per_value: int) -> float:
+    """Weights that must stream from memory: one decoder pass per step of the longest response."""
+    return max(response_tokens) * T5Shape().decoder_weight_bytes(bytes_per_value)
+
+
+# -- measured limits -------------------------------------------------------------------------
+GEMM_SHAPES = [(1, 768, 2048), (16, 768, 2048), (1024, 768, 2048), (2048, 768, 3072), (1024, 768, 32128)]
+
+
+def gemm_gflops(dtype: torch.dtype, shapes=GEMM_SHAPES, trials: int = 10) -> dict[str, float]:
+    """Best-of-`trials` GFLOP/s of `a @ b` per shape (best-of: the machine is shared)."""
+    rates = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        a @ b
+        flops = 2 * m * k * n
+        reps = max(1, int(2e9 / flops)) if dtype == torch.float32 else max(1, int(2e8 / flops))
+        best = 0.0
+        for _ in range(trials):
+            start = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, flops * reps / (time.perf_counter() - start) / 1e9)
+        rates[f"{m}x{k}x{n}"] = round(best, 1)
+    return rates
+
+
+def memory_gbps(trials: int = 10) -> float:
+    """Best-of copy bandwidth (read + write) of a 256 MB buffer."""
+    src = torch.ones(64 * 2**20)
+    dst = torch.empty_like(src)
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = max(best, 2 * src.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return round(best, 1)

@@ -1,0 +1,315 @@
+"""Benchmark: the notebook's PPO step and evaluation loop against the project's, on flan-t5-base and
+roberta-base architectures (random weights), with a roofline of each phase.
+
+    python -m bench.run --scale 0.1          # quick
+    python -m bench.run                      # full: batch 16, 100..400 new tokens, 100 for evaluation
+
+Each contender/phase runs in its own process (clean peak RSS, no shared caches). Results go to
+bench/results/ as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = ["notebook:ppo", "ours:ppo", "notebook:eval", "ours:eval"]
+PHASES = {
+    "ppo": [
+        "generate",
+        "reward",
+        "ppo_score",
+        "ppo_train_forward",
+        "ppo_backward",
+        "ppo_optimizer",
+        "ppo_other",
+    ],
+    "eval": ["generate", "reward"],
+}
+TOTAL = {"ppo": "step", "eval": "total"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiplies the token budgets (1.0 = the notebook's)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="PPO batch (the notebook's 16)")
+    p.add_argument("--eval-samples", type=int, default=16, help="evaluation prompts (the notebook used 11)")
+    p.add_argument("--notebook-dtype", default="bfloat16", help="the notebook loads the model in bf16")
+    p.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help="contender:phase list; contenders: notebook, notebook_fp32, ours",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--limits-from", type=Path, help="reuse the machine limits of an earlier report (quick runs)"
+    )
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- inputs -----------------------------------------------------------------------------------
+def make_workload(args, fixtures):
+    from flan_t5_detox import data
+    from flan_t5_detox.generation import LengthSampler
+
+    from .contenders import Workload
+
+    splits = data.prepare_splits(data.read_records(data.SAMPLE_DATASET), 200, 1000, 0.2)
+    low, high = max(2, round(100 * args.scale)), max(3, round(400 * args.scale))
+    eval_prompts = [splits.test[i % len(splits.test)].prompt for i in range(args.eval_samples)]
+    return Workload(
+        base_model=str(fixtures.base_model),
+        peft_checkpoint=str(fixtures.peft_checkpoint),
+        reward_model=str(fixtures.reward_model),
+        train_prompts=[e.prompt for e in splits.train[: args.batch_size]],
+        budgets=LengthSampler(low, high, args.seed).sample(args.batch_size),
+        eval_prompts=eval_prompts,
+        eval_new_tokens=max(2, round(100 * args.scale)),
+        seed=args.seed,
+        notebook_dtype=args.notebook_dtype,
+    )
+
+
+def machine() -> dict:
+    from flan_t5_detox.models import cpu_flags
+
+    info = {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0))}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+            break
+    info["simd_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    return info
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ")[0]
+
+
+# -- processes --------------------------------------------------------------------------------
+def run_worker(name: str, spec: dict, out: Path, env: dict | None = None) -> dict:
+    spec_path, result_path = out / f".{name}.spec.json", out / f".{name}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--worker",
+        name,
+        "--spec",
+        str(spec_path),
+        "--result",
+        str(result_path),
+    ]
+    full_env = dict(os.environ)
+    for key, value in (env or {}).items():  # None removes a variable
+        full_env.pop(key, None) if value is None else full_env.update({key: value})
+    load_before = loadavg()
+    subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent, env=full_env)
+    result = json.loads(result_path.read_text())
+    result["loadavg_1min"] = [load_before, loadavg()]
+    return result
+
+
+def worker(args) -> None:
+    spec = json.loads(args.spec.read_text())
+    if args.worker == "limits":
+        import torch
+
+        from .roofline import gemm_gflops, memory_gbps
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        result = {"gemm_gflops": gemm_gflops(getattr(torch, spec["dtype"])), "memory_gbps": memory_gbps()}
+    else:
+        from .contenders import WORKERS, Workload
+
+        result = WORKERS[args.worker](Workload(**spec))
+    args.result.write_text(json.dumps(result, indent=2))
+
+
+def measure_limits(out: Path) -> dict:
+    """GEMM rates per dtype; fp32 both with MKL's default dispatch and with its AVX2 kernels forced."""
+    limits = {
+        "float32 (MKL default)": run_worker(
+            "limits", {"dtype": "float32"}, out, {"MKL_DEBUG_CPU_TYPE": None}
+        ),
+        "float32": run_worker("limits", {"dtype": "float32"}, out, {"MKL_DEBUG_CPU_TYPE": "5"}),
+        "bfloat16": run_worker("limits", {"dtype": "bfloat16"}, out),
+    }
+    for entry in limits.values():
+        entry["peak_gflops"] = max(entry["gemm_gflops"].values())
+    return limits
+
+
+# -- report -----------------------------------------------------------------------------------
+def summarize(kind: str, result: dict, flops: dict, limits: dict, samples: int) -> dict:
+    from .roofline import generation_memory_bytes
+
+    dtype = result["notes"]["dtype"]
+    limit = limits["float32" if dtype == "float32" else dtype]
+    seconds = result["seconds"]
+    generated = sum(result["counts"]["response_tokens"])
+    phases = {}
+    for phase in PHASES[kind]:
+        roof = flops.get(phase, 0.0) / (limit["peak_gflops"] * 1e9)
+        if phase == "generate":
+            bytes_needed = generation_memory_bytes(
+                result["counts"]["response_tokens"], 4 if dtype == "float32" else 2
+            )
+            roof = max(roof, bytes_needed / (limit["memory_gbps"] * 1e9))
+        phases[phase] = {
+            "seconds": round(seconds.get(phase, 0.0), 3),
+            "gflop": round(flops.get(phase, 0.0) / 1e9, 1),
+            "roofline_seconds": round(roof, 3) if roof else None,
+            "x_roofline": round(seconds.get(phase, 0.0) / roof, 2) if roof else None,
+        }
+    total = seconds[TOTAL[kind]]
+    return {
+        "phases": phases,
+        "total_seconds": round(total, 3),
+        "roofline_seconds": round(sum(p["roofline_seconds"] or 0 for p in phases.values()), 3),
+        "generated_tokens": generated,
+        "generate_tokens_per_s": round(generated / seconds["generate"], 2),
+        "tokens_per_s": round(generated / total, 2),
+        "samples_per_s": round(samples / total, 4),
+        "peak_rss_mb": round(result["peak_rss_mb"]),
+        "dtype": dtype,
+        "loadavg_1min": result["loadavg_1min"],
+    }
+
+
+CONTENDERS = ["notebook", "notebook_fp32", "ours"]
+
+
+def _label(report: dict, contender: str) -> str:
+    dtype = "float32" if contender != "notebook" else report["workload"]["notebook_dtype"]
+    return {"ours": "ours"}.get(contender, f"notebook loop ({dtype})")
+
+
+def _table(report: dict, kind: str) -> list[str]:
+    rows = {c: report["results"][f"{c}:{kind}"] for c in CONTENDERS if f"{c}:{kind}" in report["results"]}
+    ours = rows.get("ours")
+    others = [c for c in rows if c != "ours"]
+    head = [f"{_label(report, c)} s" for c in rows] + [
+        f"speed-up vs {_label(report, c)}" for c in others if ours
+    ]
+    head += ["GFLOP", "roofline s", "x roofline (" + ", ".join(_label(report, c) for c in rows) + ")"]
+    lines = ["| phase | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for phase in PHASES[kind] + ["total"]:
+        cells = {c: _cell(r, phase) for c, r in rows.items()}
+        values = [f"{cells[c]['seconds']:.1f}" for c in rows]
+        if ours:
+            values += [_ratio(cells[c]["seconds"], cells["ours"]["seconds"]) for c in others]
+        reference = cells["ours" if ours else others[0]]
+        values.append(f"{reference['gflop']:.0f}" if reference["gflop"] else "-")
+        values.append(f"{reference['roofline_seconds']:.1f}" if reference["roofline_seconds"] else "-")
+        values.append(" / ".join(_ratio(cells[c]["seconds"], cells[c]["roofline_seconds"]) for c in rows))
+        lines.append(f"| {phase} | " + " | ".join(values) + " |")
+    lines.append("")
+    for c, r in rows.items():
+        lines.append(
+            f"- {_label(report, c)}: dtype {r['dtype']}; {r['generated_tokens']} generated tokens; "
+            f"{r['generate_tokens_per_s']} tokens/s in generation, {r['tokens_per_s']} tokens/s overall; "
+            f"{r['samples_per_s']} samples/s; peak RSS {r['peak_rss_mb']} MB; "
+            f"load average (1 min) before/after: {' / '.join(r['loadavg_1min'])}"
+        )
+    return lines + [""]
+
+
+def _cell(result: dict, phase: str) -> dict:
+    if phase == "total":
+        return {
+            "seconds": result["total_seconds"],
+            "gflop": None,
+            "roofline_seconds": result["roofline_seconds"],
+        }
+    return result["phases"][phase]
+
+
+def _ratio(numerator, denominator) -> str:
+    return f"{numerator / denominator:.1f}x" if numerator and denominator else "-"
+
+
+def markdown(report: dict) -> str:
+    m, w, limits = report["machine"], report["workload"], report["limits"]
+    budgets = w["budgets"]
+    peaks = "; ".join(f"{name} {v['peak_gflops']} GFLOP/s" for name, v in limits.items())
+    lines = [
+        f"# Benchmark {report['started']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"CPU: {m['cpu']}, {m['cpus']} CPUs, SIMD flags: {' '.join(m['simd_flags'])}",
+        "",
+        f"Measured peak GEMM (best of 10, all CPUs): {peaks}; copy bandwidth "
+        f"{limits['float32']['memory_gbps']} GB/s. Roofline columns use the phase's dtype.",
+        "",
+        f"Workload: PPO batch {len(budgets)}, forced new tokens {min(budgets)}..{max(budgets)} "
+        f"(sum {sum(budgets)}); evaluation {len(w['eval_prompts'])} samples x {w['eval_new_tokens']} tokens.",
+        "",
+    ]
+    for kind, title in (("ppo", "PPO step"), ("eval", "Evaluation")):
+        if any(key.endswith(f":{kind}") for key in report["results"]):
+            lines += [f"## {title}", ""] + _table(report, kind)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    from . import fixtures
+    from .roofline import eval_flops, ppo_step_flops
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    workload = make_workload(args, fixtures.build(args.out / "fixtures", args.seed))
+    report = {
+        "started": started,
+        "command": " ".join(["python -m bench.run"] + (argv if argv is not None else sys.argv[1:])),
+        "machine": machine(),
+        "workload": dataclasses.asdict(workload),
+        "limits": json.loads(args.limits_from.read_text())["limits"]
+        if args.limits_from
+        else measure_limits(args.out),
+        "results": {},
+        "raw": {},
+    }
+    print(json.dumps(report["limits"], indent=1), flush=True)
+    for run in args.runs.split(","):
+        contender, kind = run.split(":")
+        spec = dataclasses.asdict(workload)
+        if contender == "notebook_fp32":  # the notebook's loop with only its dtype fixed
+            spec["notebook_dtype"] = "float32"
+        raw = run_worker(f"{contender.split('_')[0]}_{kind}", spec, args.out)
+        counts = raw["counts"]
+        count_fn = ppo_step_flops if kind == "ppo" else eval_flops
+        flops = count_fn(counts["query_tokens"], counts["response_tokens"], counts["reward_tokens"])
+        samples = len(workload.budgets) if kind == "ppo" else len(workload.eval_prompts)
+        report["raw"][run] = raw
+        report["results"][run] = summarize(kind, raw, flops, report["limits"], samples)
+        print(run, json.dumps(report["results"][run]), flush=True)
+    stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
