@@ -304,9 +304,10 @@ def main(argv=None) -> int:
         report["raw"][run] = raw
         report["results"][run] = summarize(kind, raw, flops, report["limits"], samples)
         print(run, json.dumps(report["results"][run]), flush=True)
-    stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(report))
+        # Written after every run: a long last run does not hold the others' results hostage.
+        stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
+        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 

@@ -5,9 +5,12 @@ Defects fixed here (DESIGN §4): the notebook generates one prompt at a time
 after EOS, which then count as response tokens in the PPO step (defect 2).
 
 Each prompt gets its own token budget (the notebook draws max_new_tokens from
-100..400 per prompt). One batched call generates up to the largest budget and
-each row is then cut to its own: sampling a token depends only on the prefix,
-so this is the same distribution as generating each prompt with its own cap.
+100..400 per prompt). `model.generate` would run every row until the largest
+budget of its batch; instead our sampling loop (the same distribution as
+`generate`: min_length, then top-k, then top-p, then multinomial) lets a row
+leave the batch as soon as it reaches its budget or EOS, so later decoder steps
+run, and copy KV caches, only for the rows still generating. Rows never
+interact, so a response does not depend on what else is in its batch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
+from transformers.modeling_outputs import BaseModelOutput
 
 
 @dataclass
@@ -45,7 +50,52 @@ def trim_response(row: torch.Tensor, eos_token_id: int, budget: int) -> torch.Te
     return torch.cat([row[:1], body])
 
 
+def _processors(settings: SamplingSettings, eos_token_id: int) -> LogitsProcessorList:
+    """What `generate` applies for these settings, in its order."""
+    processors = LogitsProcessorList([MinLengthLogitsProcessor(settings.min_length, eos_token_id)])
+    if settings.top_k:
+        processors.append(TopKLogitsWarper(settings.top_k))
+    if settings.top_p < 1.0:
+        processors.append(TopPLogitsWarper(settings.top_p))
+    return processors
+
+
+def _keep_rows(past, keep: torch.Tensor):
+    return tuple(tuple(t.index_select(0, keep) for t in layer) for layer in past)
+
+
 @torch.no_grad()
+def _sample(seq2seq, input_ids, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
+    """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
+    encoded = seq2seq.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    rows = torch.arange(len(budgets))  # original index of each row still generating
+    left = torch.tensor(budgets)
+    sequences = torch.full((len(budgets), 1), start_id)
+    done: list[torch.Tensor | None] = [None] * len(budgets)
+    past = None
+    while len(rows):
+        out = seq2seq(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            attention_mask=attention_mask,
+            decoder_input_ids=sequences[:, -1:],
+            past_key_values=past,
+            use_cache=True,
+            return_dict=True,
+        )
+        scores = processors(sequences, out.logits[:, -1, :].float())
+        tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1)
+        sequences, past, left = torch.cat([sequences, tokens], dim=1), out.past_key_values, left - 1
+        finished = (tokens[:, 0] == eos_id) | (left == 0)
+        if finished.any():
+            for i in finished.nonzero()[:, 0].tolist():
+                done[int(rows[i])] = sequences[i].clone()
+            keep = (~finished).nonzero()[:, 0]
+            rows, left, sequences = rows[keep], left[keep], sequences[keep]
+            encoded, attention_mask = encoded[keep], attention_mask[keep]
+            past = _keep_rows(past, keep) if len(keep) else None
+    return done
+
+
 def generate(
     model,
     tokenizer,
@@ -55,25 +105,24 @@ def generate(
     batch_size: int = 0,
 ) -> list[torch.Tensor]:
     """Sample one response per query (decoder start token first), in batches of `batch_size` (0 = all)."""
+    seq2seq = model.pretrained_model if hasattr(model, "v_head") else model  # trl's value-head wrapper
+    start_id = seq2seq.config.decoder_start_token_id
+    processors = _processors(settings, tokenizer.eos_token_id)
     batch_size = batch_size or len(queries)
     responses: list[torch.Tensor] = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
-        chunk_budgets = budgets[start : start + batch_size]
         encoded = tokenizer.pad({"input_ids": [q.tolist() for q in chunk]}, return_tensors="pt")
-        output = model.generate(
-            input_ids=encoded["input_ids"],
-            attention_mask=encoded["attention_mask"],
-            max_new_tokens=max(chunk_budgets),
-            min_length=settings.min_length,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            do_sample=True,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
         responses.extend(
-            trim_response(row, tokenizer.eos_token_id, budget) for row, budget in zip(output, chunk_budgets)
+            _sample(
+                seq2seq,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                budgets[start : start + batch_size],
+                processors,
+                start_id,
+                tokenizer.eos_token_id,
+            )
         )
     return responses
 
