@@ -17,7 +17,9 @@ ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 # trl at the commit the lab used; a package spec (e.g. trl==0.4.2) where GitHub is unreachable.
 ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
 ARG PIP_INDEX_URL=https://pypi.org/simple
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_INDEX_URL=${PIP_INDEX_URL}
+# Big wheels through slow proxies: pip's default 15 s read timeout is too short.
+ARG PIP_DEFAULT_TIMEOUT=120
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_INDEX_URL=${PIP_INDEX_URL} PIP_DEFAULT_TIMEOUT=${PIP_DEFAULT_TIMEOUT}
 
 # tini (static, copied into the final stage) and git for a git+ trl spec; build stage only.
 RUN apt-get update -qq \
@@ -29,8 +31,11 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # An optional extra CA bundle (TLS-intercepting proxies) arrives as the build secret `ca_bundle`;
 # it is appended to pip's own roots for these commands only and never stored in a layer.
+# Wheels are kept in a cache mount (a wheelhouse) and reused when the lock changes: pip's HTTP cache
+# does not help behind proxies that strip caching headers. With TORCH_VARIANT=cpu only torch comes
+# from the PyTorch index, so no other package can be taken from there.
 COPY container/requirements.lock /tmp/requirements.lock
-RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
+RUN --mount=type=cache,id=detox-wheelhouse,target=/wheelhouse --mount=type=secret,id=ca_bundle \
     set -eu; \
     if [ -s /run/secrets/ca_bundle ]; then \
         cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
@@ -38,14 +43,15 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle 
     fi; \
     case "$TORCH_VARIANT" in \
         cpu) \
-            # Only torch comes from the PyTorch index (no other package can be taken from there).
-            pip install -q --no-deps --index-url "$TORCH_CPU_INDEX_URL" \
-                "torch==$(sed -n 's/^torch==//p' /tmp/requirements.lock)+cpu"; \
-            grep -v -E '^(torch|nvidia-[a-z0-9-]+)==' /tmp/requirements.lock >/tmp/req.txt ;; \
+            torch="torch==$(sed -n 's/^torch==//p' /tmp/requirements.lock)+cpu"; \
+            pip wheel -q --no-deps --find-links /wheelhouse --wheel-dir /wheelhouse \
+                --index-url "$TORCH_CPU_INDEX_URL" "$torch"; \
+            { echo "$torch"; grep -v -E '^(torch|nvidia-[a-z0-9-]+)==' /tmp/requirements.lock; } >/tmp/req.txt ;; \
         pypi) cp /tmp/requirements.lock /tmp/req.txt ;; \
         *) echo "TORCH_VARIANT must be cpu or pypi, got $TORCH_VARIANT" >&2; exit 2 ;; \
     esac; \
-    pip install -q -r /tmp/req.txt; \
+    pip wheel -q --use-pep517 --find-links /wheelhouse --wheel-dir /wheelhouse -r /tmp/req.txt; \
+    pip install -q --no-cache-dir --no-index --find-links /wheelhouse -r /tmp/req.txt; \
     rm -f /tmp/ca.pem
 
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \

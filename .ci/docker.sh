@@ -124,7 +124,7 @@ build() {
     local index
     index=${PIP_INDEX_URL:-$(pip config get global.index-url 2>/dev/null || true)}
     if [ -n "$index" ]; then args+=(--build-arg "PIP_INDEX_URL=$index"); fi
-    for var in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
+    for var in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy PIP_DEFAULT_TIMEOUT; do
         if [ -n "${!var:-}" ]; then args+=(--build-arg "$var"); fi
     done
     local ca=${DETOX_CA_BUNDLE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}

@@ -113,7 +113,7 @@ def test_image_metadata_entrypoint_and_pins(image):
     # Lean: no pip cache, compilers or git left in the layers.
     leftovers = _docker(
         "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
-        "ls -A /root/.cache/pip /var/lib/apt/lists/*.deb 2>/dev/null;"
+        "ls /root/.cache/pip /var/lib/apt/lists/*_Packages* /var/cache/apt/archives/*.deb 2>/dev/null;"
         " for t in gcc cc g++ make git; do command -v $t; done; true",
     )  # fmt: skip
     assert leftovers.returncode == 0 and leftovers.stdout.strip() == "", leftovers.stdout
