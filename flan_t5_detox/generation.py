@@ -85,7 +85,7 @@ def _sample(seq2seq, input_ids, attention_mask, budgets: list[int], processors, 
         scores = processors(sequences, out.logits[:, -1, :].float())
         tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1)
         sequences, past, left = torch.cat([sequences, tokens], dim=1), out.past_key_values, left - 1
-        finished = (tokens[:, 0] == eos_id) | (left == 0)
+        finished = (tokens[:, 0] == eos_id) | (left <= 0)
         if finished.any():
             for i in finished.nonzero()[:, 0].tolist():
                 done[int(rows[i])] = sequences[i].clone()
