@@ -1,5 +1,5 @@
 # The job image: the pinned stack (container/requirements.lock), the project, and the `train` and
-# `evaluate` programs SageMaker starts. Needs BuildKit (cache and secret mounts). See README,
+# `evaluate` programs SageMaker starts. Needs BuildKit (cache, bind and secret mounts). See README,
 # "Container image", for the build arguments.
 #
 #   docker build -t flan-t5-detox .                               # CPU torch, trl from git
@@ -9,88 +9,80 @@
 # Any Debian-family image with python3 and the venv module (Debian's python3-venv).
 ARG BASE_IMAGE=python:3.10-slim
 
-FROM ${BASE_IMAGE} AS build
-# cpu:  torch 1.13.1+cpu from the PyTorch CPU index (ml.m5 has no GPU; a far smaller image).
-# pypi: torch 1.13.1 as PyPI serves it, the CUDA 11.7 build with its nvidia-* wheels (runs on CPU).
-ARG TORCH_VARIANT=cpu
-ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Small side stages build what the job image needs without leaving their tools in it.
+FROM ${BASE_IMAGE} AS tools
 # trl at the commit the lab used; a package spec (e.g. trl==0.4.2) where GitHub is unreachable.
 ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
 ARG PIP_INDEX_URL=https://pypi.org/simple
 # Big wheels through slow proxies: pip's default 15 s read timeout is too short.
 ARG PIP_DEFAULT_TIMEOUT=120
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_INDEX_URL=${PIP_INDEX_URL} PIP_DEFAULT_TIMEOUT=${PIP_DEFAULT_TIMEOUT}
-
-# tini (static, copied into the final stage) and git for a git+ trl spec; build stage only.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# An optional extra CA bundle (TLS-intercepting proxies) arrives as the build secret `ca_bundle`;
+# `with-ca` appends it to pip's own roots for one command. It is never stored in a layer.
+RUN printf '%s\n' '#!/bin/sh' 'set -e' \
+        'if [ -s /run/secrets/ca_bundle ]; then' \
+        '  cat "$(python3 -c "import pip._vendor.certifi as c; print(c.where())")" /run/secrets/ca_bundle >/tmp/ca.pem' \
+        '  export PIP_CERT=/tmp/ca.pem GIT_SSL_CAINFO=/tmp/ca.pem' \
+        'fi' \
+        'exec "$@"' >/usr/local/bin/with-ca \
+    && chmod +x /usr/local/bin/with-ca
+# tini (its static build is copied into the job image) and git, only for a git+ trl spec.
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends tini $(case "$TRL_SPEC" in git+*) echo git ;; esac) \
     >/dev/null
+RUN --mount=type=secret,id=ca_bundle \
+    python3 -m venv /tmp/venv \
+    && . /tmp/venv/bin/activate \
+    && with-ca pip wheel -q --no-deps --use-pep517 -w /wheels/trl "$TRL_SPEC"
 
+# The project as a wheel: a code change rebuilds this and one small layer of the job image.
+FROM tools AS project
+COPY . /src
+RUN --mount=type=secret,id=ca_bundle \
+    . /tmp/venv/bin/activate && with-ca pip wheel -q --no-deps -w /wheels/project /src
+
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
+# cpu:  torch 1.13.1+cpu from the PyTorch CPU index (ml.m5 has no GPU; a far smaller image).
+# pypi: torch 1.13.1 as PyPI serves it, the CUDA 11.7 build with its nvidia-* wheels (runs on CPU).
+ARG TORCH_VARIANT=cpu
+ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_DEFAULT_TIMEOUT=120
+COPY --from=tools /usr/bin/tini-static /usr/local/bin/tini
 RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# An optional extra CA bundle (TLS-intercepting proxies) arrives as the build secret `ca_bundle`;
-# it is appended to pip's own roots for these commands only and never stored in a layer.
-# Wheels are kept in a cache mount (a wheelhouse) and reused when the lock changes: pip's HTTP cache
-# does not help behind proxies that strip caching headers. With TORCH_VARIANT=cpu only torch comes
-# from the PyTorch index, so no other package can be taken from there.
+# The lock, straight into the job image's layer (no multi-GB copy between stages). Wheels are kept
+# in a cache mount (a wheelhouse) and reused when the lock changes: pip's HTTP cache does not help
+# behind proxies that strip caching headers. With TORCH_VARIANT=cpu only torch comes from the
+# PyTorch index, so no other package can be taken from there.
 COPY container/requirements.lock /tmp/requirements.lock
 RUN --mount=type=cache,id=detox-wheelhouse,target=/wheelhouse --mount=type=secret,id=ca_bundle \
+    --mount=type=bind,from=tools,source=/usr/local/bin/with-ca,target=/usr/local/bin/with-ca \
     set -eu; \
-    if [ -s /run/secrets/ca_bundle ]; then \
-        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
-        export PIP_CERT=/tmp/ca.pem; \
-    fi; \
     case "$TORCH_VARIANT" in \
         cpu) \
             torch="torch==$(sed -n 's/^torch==//p' /tmp/requirements.lock)+cpu"; \
-            pip wheel -q --no-deps --find-links /wheelhouse --wheel-dir /wheelhouse \
+            with-ca pip wheel -q --no-deps --find-links /wheelhouse --wheel-dir /wheelhouse \
                 --index-url "$TORCH_CPU_INDEX_URL" "$torch"; \
             { echo "$torch"; grep -v -E '^(torch|nvidia-[a-z0-9-]+)==' /tmp/requirements.lock; } >/tmp/req.txt ;; \
         pypi) cp /tmp/requirements.lock /tmp/req.txt ;; \
         *) echo "TORCH_VARIANT must be cpu or pypi, got $TORCH_VARIANT" >&2; exit 2 ;; \
     esac; \
-    pip wheel -q --use-pep517 --find-links /wheelhouse --wheel-dir /wheelhouse -r /tmp/req.txt; \
+    with-ca pip wheel -q --use-pep517 --find-links /wheelhouse --wheel-dir /wheelhouse -r /tmp/req.txt; \
     pip install -q --no-cache-dir --no-index --find-links /wheelhouse -r /tmp/req.txt; \
-    rm -f /tmp/ca.pem
+    rm -rf /tmp/req.txt /tmp/requirements.lock /tmp/ca.pem /root/.cache
 
-RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
-    set -eu; \
-    if [ -s /run/secrets/ca_bundle ]; then \
-        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle >/tmp/ca.pem; \
-        export PIP_CERT=/tmp/ca.pem GIT_SSL_CAINFO=/tmp/ca.pem; \
-    fi; \
-    pip install -q --no-deps "$TRL_SPEC"; \
-    pip check; \
-    rm -f /tmp/ca.pem
-
-# The project as a wheel, built beside the environment and installed in the final stage: a code
-# change rebuilds one small layer instead of re-copying the multi-GB environment.
-FROM ${BASE_IMAGE} AS project
-ARG PIP_INDEX_URL=https://pypi.org/simple
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_INDEX_URL=${PIP_INDEX_URL}
-COPY . /src
-RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \
-    set -eu; \
-    python3 -m venv /tmp/venv; \
-    if [ -s /run/secrets/ca_bundle ]; then \
-        cat "$(/tmp/venv/bin/python -c 'import pip._vendor.certifi as c; print(c.where())')" \
-            /run/secrets/ca_bundle >/tmp/ca.pem; \
-        export PIP_CERT=/tmp/ca.pem; \
-    fi; \
-    /tmp/venv/bin/pip wheel -q --no-deps -w /wheels /src
-
-FROM ${BASE_IMAGE}
-ARG BASE_IMAGE
-ARG TORCH_VARIANT=cpu
-ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /usr/bin/tini-static /usr/local/bin/tini
-# Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-RUN --mount=type=bind,from=project,source=/wheels,target=/wheels \
-    pip install -q --no-deps --no-cache-dir --no-index /wheels/*.whl
+RUN --mount=type=bind,from=tools,source=/wheels/trl,target=/wheels \
+    pip install -q --no-cache-dir --no-deps --no-index --find-links /wheels trl && pip check
+RUN --mount=type=bind,from=project,source=/wheels/project,target=/wheels \
+    pip install -q --no-cache-dir --no-deps --no-index --find-links /wheels flan-t5-detox
 COPY container/train container/evaluate /usr/local/bin/
+
+# Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
+ENV PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # The pins that matter (a test checks them against container/requirements.lock).
 LABEL org.opencontainers.image.title="flan-t5-detox" \
       org.opencontainers.image.description="PPO detoxification of FLAN-T5 dialogue summaries: train and evaluate jobs" \
