@@ -15,9 +15,18 @@ from flan_t5_detox.layout import write_processing_layout, write_training_layout
 
 EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--num-samples", "12", "--max-new-tokens", "16", "--generation-batch-size", "6"]
-SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32"]
+SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32", "--num-threads", "1"]
 # The names themselves are checked in test_report; here: the job writes every one of them.
 REPORT_FILES = {report.REPORT_JSON, report.COMPARISONS_CSV, report.REPORT_HTML, *report.PLOT_FILES}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core box, waiting OpenMP threads cost minutes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)  # the jobs run in-process here set it too
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,13 @@ def trained(tmp_path_factory, tiny_models, sample_dataset):
             "reward_model": tiny_models.reward_model,
             "dataset": sample_dataset,
         },
-        {"max_ppo_steps": 3, "batch_size": 8, "learning_rate": 3e-3, "output_min_length": 8},
+        {
+            "max_ppo_steps": 3,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "output_min_length": 8,
+            "num_threads": 1,
+        },
     )
     assert train.main(["--ml-root", str(root)]) == 0
     return root

@@ -16,6 +16,15 @@ from tests.helpers import tiny_config, tiny_splits, tiny_trainer
 CONFIG = EvalConfig(max_new_tokens=16, generation_batch_size=4, bootstrap_samples=500, dtype="float32")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core box, waiting OpenMP threads cost minutes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)  # the jobs run in-process here set it too
+
+
 @pytest.fixture(scope="module")
 def examples():
     return evaluation.select_examples(tiny_splits(tiny_config()).test, 10)
