@@ -12,21 +12,13 @@ from detox_entrypoints import evaluate, train
 
 from flan_t5_detox import report
 from flan_t5_detox.layout import write_processing_layout, write_training_layout
+from tests.test_evaluation import one_thread  # noqa: F401 - the same autouse fixture here
 
 EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--num-samples", "12", "--max-new-tokens", "16", "--generation-batch-size", "6"]
 SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32", "--num-threads", "1"]
 # The names themselves are checked in test_report; here: the job writes every one of them.
 REPORT_FILES = {report.REPORT_JSON, report.COMPARISONS_CSV, report.REPORT_HTML, *report.PLOT_FILES}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core box, waiting OpenMP threads cost minutes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)  # the jobs run in-process here set it too
 
 
 @pytest.fixture(scope="module")
