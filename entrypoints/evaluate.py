@@ -101,18 +101,12 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     from flan_t5_detox.rewards import RewardModel
 
     # 1. Every input and the data, before any model loads.
-    peft_dir = archives.resolve_folder(
-        _required(env, "peft_checkpoint", "the summarization adapter, the 'before' model"),
-        models.ADAPTER_CONFIG,
-        "input 'peft_checkpoint'",
-        scratch,
+    peft_input = _required(env, "peft_checkpoint", "the summarization adapter, the 'before' model")
+    peft_dir = archives.resolve_folder(peft_input, models.ADAPTER_CONFIG, "input 'peft_checkpoint'", scratch)
+    detox_input = _required(
+        env, "detoxified", "the train job's model/ folder or model.tar.gz, the 'after' model"
     )
-    detox_dir = archives.resolve_folder(
-        _required(env, "detoxified", "the train job's model/ folder or model.tar.gz, the 'after' model"),
-        models.ADAPTER_CONFIG,
-        "input 'detoxified'",
-        scratch,
-    )
+    detox_dir = archives.resolve_folder(detox_input, models.ADAPTER_CONFIG, "input 'detoxified'", scratch)
     curves, training_summary = None, None
     if env.input("training_output") is not None:
         out_dir = archives.resolve_folder(
@@ -152,8 +146,8 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         settings=config,
         sources={
             "base_model": evaluation.describe_source(base),
-            "before_adapter": evaluation.describe_source(peft_dir),
-            "after_adapter": evaluation.describe_source(detox_dir),
+            "before_adapter": evaluation.describe_source(peft_dir, origin=peft_input),
+            "after_adapter": evaluation.describe_source(detox_dir, origin=detox_input),
             "reward_model": evaluation.describe_source(reward_source),
         },
         versions=_versions(),

@@ -179,7 +179,8 @@ class Source:
     info: dict | None = None  # adapter_info.json of a trained adapter
 
 
-def describe_source(location: str | Path) -> Source:
+def describe_source(location: str | Path, origin: str | Path | None = None) -> Source:
+    """Fingerprint `location`; `origin` names where it came from when that differs (an unpacked tarball)."""
     path = Path(location)
     if not path.is_dir():  # a hub name
         return Source(location=str(location))
@@ -193,7 +194,7 @@ def describe_source(location: str | Path) -> Source:
             digests[item.name] = digest.hexdigest()
     info_path = path / models.ADAPTER_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    return Source(location=str(path), sha256=digests, info=info)
+    return Source(location=str(origin or path), sha256=digests, info=info)
 
 
 def run(

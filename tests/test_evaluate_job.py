@@ -127,6 +127,7 @@ def test_model_tar_gz_inputs_give_the_same_numbers(
     tarball = json.loads((out / "report.json").read_text())
     folder = json.loads((folder_run[0] / "processing" / "output" / "report" / "report.json").read_text())
     assert tarball["models"]["after_adapter"]["sha256"] == folder["models"]["after_adapter"]["sha256"]
+    assert tarball["models"]["after_adapter"]["location"].endswith("processing/input/detoxified")
     assert tarball["training"] == folder["training"]
     for name, metric in tarball["metrics"].items():
         assert metric["after"]["mean"] == pytest.approx(folder["metrics"][name]["after"]["mean"], abs=1e-6)
