@@ -18,9 +18,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
+    import torch
+
     from flan_t5_detox.tiny import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    # One thread: tiny matrices gain nothing from two, and OpenMP threads spinning on a busy
+    # 2-core machine cost minutes.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +52,7 @@ def train_layout(tmp_path, tiny_models, sample_dataset):
             "output_min_length": 8,
             "output_max_length": 24,
             "dtype": "float32",
+            "num_threads": 1,
         }
         settings.update(hyperparameters)
         channels = {
