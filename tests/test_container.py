@@ -269,10 +269,15 @@ def test_sagemaker_sdk_local_mode_runs_the_train_job(image, tiny_models, sample_
         "reward_model": tiny_models.reward_model,
         "dataset": dataset_dir,
     }
+    before = set(_docker("ps", "-aq").stdout.split())
     try:
         estimator.fit({name: f"file://{path}" for name, path in channels.items()}, wait=True)
     finally:
-        _docker("network", "rm", "sagemaker-local")  # inside the engine's own namespace
+        # compose leaves its container and network behind; the network is in the engine's namespace.
+        made = set(_docker("ps", "-aq", "--filter", "label=com.docker.compose.project").stdout.split())
+        if made - before:
+            _docker("rm", "-f", *sorted(made - before))
+        _docker("network", "rm", "sagemaker-local")
 
     model_tar = Path(estimator.model_data.removeprefix("file://"))
     with tarfile.open(model_tar) as archive:
