@@ -44,7 +44,7 @@ def image() -> str:
     if problem:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{problem}; CI must build and test the image (.ci/docker.sh)")
-        pytest.skip(f"{problem}; build it with .ci/docker.sh build")
+        pytest.skip(f"{problem}; build it with .ci/docker.sh start")
     return IMAGE
 
 
