@@ -76,13 +76,19 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pins(lines) -> dict[str, str]:
+def _pins(lines, python_version: str = "3.11") -> dict[str, str]:
+    """name -> version for the lines whose environment marker holds on the image's Python
+    (3.11 for the debootstrap base CI builds on)."""
+    from packaging.requirements import Requirement
+
     pins = {}
     for line in lines:
         line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==", 1)
-            pins[_canonical(name)] = version.strip()
+        if "==" not in line:
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"python_version": python_version}):
+            pins[_canonical(req.name)] = str(req.specifier).removeprefix("==")
     return pins
 
 
