@@ -422,7 +422,8 @@ def aws(s3_server, sagemaker_proxy, monkeypatch) -> AwsStandIn:
 
     sagemaker_proxy.reset()
     env = {**ISOLATION, **aws_env(s3_server.url, sagemaker_proxy.url)}
-    for name in CLEARED:
+    # The launcher reads DETOX_<SETTING> variables; CI exports DETOX_IMAGE for the container tests.
+    for name in [*CLEARED, *(n for n in os.environ if n.startswith("DETOX_"))]:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
