@@ -21,13 +21,23 @@ EXIT_BAD_INPUT = 2
 EXIT_ERROR = 1
 
 
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at emit time, so a job run in-process (the demo, tests)
+    never leaves a handler bound to a stream that has since been closed or swapped."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-        force=True,
-    )
+    handler = _CurrentStdoutHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ("transformers", "datasets", "accelerate", "trl", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
