@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--limits-from", type=Path, help="reuse the machine limits of an earlier report (quick runs)"
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--rerender", type=Path, help="recompute the summary and Markdown of a saved report JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -165,7 +166,9 @@ def summarize(kind: str, result: dict, flops: dict, limits: dict, samples: int) 
     generated = sum(result["counts"]["response_tokens"])
     phases = {}
     for phase in PHASES[kind]:
-        roof = flops.get(phase, 0.0) / (limit["peak_gflops"] * 1e9)
+        # Both contenders run the reward model in fp32 (the pipeline's and RewardModel's default).
+        phase_limit = limits["float32"] if phase == "reward" else limit
+        roof = flops.get(phase, 0.0) / (phase_limit["peak_gflops"] * 1e9)
         if phase == "generate":
             bytes_needed = generation_memory_bytes(
                 result["counts"]["response_tokens"], 4 if dtype == "float32" else 2
@@ -190,6 +193,16 @@ def summarize(kind: str, result: dict, flops: dict, limits: dict, samples: int) 
         "dtype": dtype,
         "loadavg_1min": result["loadavg_1min"],
     }
+
+
+def _summary(run: str, raw: dict, report: dict) -> dict:
+    from .roofline import eval_flops, ppo_step_flops
+
+    kind, counts, w = run.split(":")[1], raw["counts"], report["workload"]
+    count_fn = ppo_step_flops if kind == "ppo" else eval_flops
+    flops = count_fn(counts["query_tokens"], counts["response_tokens"], counts["reward_tokens"])
+    samples = len(w["budgets"]) if kind == "ppo" else len(w["eval_prompts"])
+    return summarize(kind, raw, flops, report["limits"], samples)
 
 
 CONTENDERS = ["notebook", "notebook_fp32", "ours"]
@@ -273,8 +286,15 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
+    if args.rerender:
+        report = json.loads(args.rerender.read_text())
+        for run, raw in report["raw"].items():
+            report["results"][run] = _summary(run, raw, report)
+        args.rerender.write_text(json.dumps(report, indent=2))
+        args.rerender.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
     from . import fixtures
-    from .roofline import eval_flops, ppo_step_flops
 
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -297,12 +317,8 @@ def main(argv=None) -> int:
         if contender == "notebook_fp32":  # the notebook's loop with only its dtype fixed
             spec["notebook_dtype"] = "float32"
         raw = run_worker(f"{contender.split('_')[0]}_{kind}", spec, args.out)
-        counts = raw["counts"]
-        count_fn = ppo_step_flops if kind == "ppo" else eval_flops
-        flops = count_fn(counts["query_tokens"], counts["response_tokens"], counts["reward_tokens"])
-        samples = len(workload.budgets) if kind == "ppo" else len(workload.eval_prompts)
         report["raw"][run] = raw
-        report["results"][run] = summarize(kind, raw, flops, report["limits"], samples)
+        report["results"][run] = _summary(run, raw, report)
         print(run, json.dumps(report["results"][run]), flush=True)
         # Written after every run: a long last run does not hold the others' results hostage.
         stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
