@@ -16,6 +16,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Jobs run in-process (demo, evaluate tests) configure the root logger; undo it after
+    each test so later tests (e.g. the launcher's stdout) see a clean slate."""
+    import logging
+
+    handlers, level = list(logging.root.handlers), logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     import torch
