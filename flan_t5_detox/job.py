@@ -34,8 +34,12 @@ class _CurrentStdoutHandler(logging.StreamHandler):
         pass
 
 
+JOB_HANDLER_NAME = "flan_t5_detox.job"
+
+
 def setup_logging() -> None:
     handler = _CurrentStdoutHandler()
+    handler.set_name(JOB_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ("transformers", "datasets", "accelerate", "trl", "peft"):

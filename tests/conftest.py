@@ -17,15 +17,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging():
-    """Jobs run in-process (demo, evaluate tests) configure the root logger; undo it after
-    each test so later tests (e.g. the launcher's stdout) see a clean slate."""
+def _reset_job_logging():
+    """Jobs run in-process (demo, evaluate tests, also from module fixtures) install the job's
+    stdout log handler on the root logger; remove it before each test so later tests (e.g. the
+    launcher's stdout) see a clean slate."""
     import logging
 
-    handlers, level = list(logging.root.handlers), logging.root.level
+    from flan_t5_detox.job import JOB_HANDLER_NAME
+
+    for handler in list(logging.root.handlers):
+        if handler.get_name() == JOB_HANDLER_NAME:
+            logging.root.removeHandler(handler)
+            logging.root.setLevel(logging.WARNING)
     yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
