@@ -271,7 +271,7 @@ def ours_ppo(w: Workload) -> dict:
     tokenizer = models.load_tokenizer(w.base_model)
     peft_dir = Path(w.peft_checkpoint)
     policy = models.build_policy(
-        models.load_summarizer(w.base_model, peft_dir, dtype), models.read_lora_config(peft_dir)
+        models.load_summarizer(w.base_model, peft_dir, dtype), models.read_lora_config(peft_dir), w.seed
     )
     reward_model = RewardModel(w.reward_model, "nothate", batch_size=len(w.train_prompts))
 

@@ -74,7 +74,8 @@ def train(env: TrainingJobEnvironment) -> int:
     log.info("dtype=%s threads=%d train_prompts=%d", dtype, threads, len(splits.train))
     tokenizer = models.load_tokenizer(base)
     summarization_config = models.read_lora_config(peft_dir)
-    policy = models.build_policy(models.load_summarizer(base, peft_dir, dtype), summarization_config)
+    summarizer = models.load_summarizer(base, peft_dir, dtype)
+    policy = models.build_policy(summarizer, summarization_config, config.seed)
     reward_model = RewardModel(reward_source, config.reward_label, batch_size=config.batch_size)
 
     def reward_fn(queries, responses, _ids):

@@ -173,8 +173,14 @@ def _cast_input_to_fp32(_module, inputs):
     return tuple(x.float() if torch.is_tensor(x) else x for x in inputs)
 
 
-def build_policy(summarizer, summarization_config: LoraConfig):
-    """Fresh trainable LoRA on the merged summarizer, plus trl's value head (no dropout)."""
+def build_policy(summarizer, summarization_config: LoraConfig, seed: int):
+    """Fresh trainable LoRA on the merged summarizer, plus trl's value head (no dropout).
+
+    `seed` fixes the random init of LoRA A and the value head: with B = 0 the first
+    rollout does not depend on them, but every later step does, so two runs with the
+    same seed only agree if these do.
+    """
+    torch.manual_seed(seed)
     peft_model = get_peft_model(summarizer, fresh_adapter_config(summarization_config))
     policy = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(peft_model, summary_dropout_prob=0.0)
     policy.is_peft_model = True

@@ -35,6 +35,7 @@ def tiny_trainer(tiny_models, config: TrainConfig, reward_fn=None) -> DetoxTrain
     policy = models.build_policy(
         models.load_summarizer(tiny_models.base_model, tiny_models.peft_checkpoint),
         models.read_lora_config(tiny_models.peft_checkpoint),
+        config.seed,
     )
     if reward_fn is None:
         reward_model = RewardModel(tiny_models.reward_model)

@@ -110,10 +110,26 @@ def test_dtype_follows_the_request_and_cpu_capability(monkeypatch):
     assert models.pick_dtype("auto") is torch.bfloat16
 
 
+def test_the_seed_fixes_the_fresh_adapter_and_value_head(tiny_models):
+    def trainable(seed):
+        policy = models.build_policy(
+            models.load_summarizer(tiny_models.base_model, tiny_models.peft_checkpoint),
+            models.read_lora_config(tiny_models.peft_checkpoint),
+            seed,
+        )
+        return {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    first, again, other = trainable(1), trainable(1), trainable(2)
+    assert any("lora_A" in n for n in first) and any("v_head" in n for n in first)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+
+
 def test_bf16_policy_keeps_trainable_weights_and_logits_in_fp32(tiny_models):
     policy = models.build_policy(
         models.load_summarizer(tiny_models.base_model, tiny_models.peft_checkpoint, torch.bfloat16),
         models.read_lora_config(tiny_models.peft_checkpoint),
+        seed=0,
     )
     trainable = [p for p in policy.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)

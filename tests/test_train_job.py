@@ -125,14 +125,9 @@ def test_sigterm_checkpoints_and_a_restart_resumes_to_the_same_result(train_layo
     reference = [
         json.loads(x) for x in (straight / "output" / "data" / "metrics.jsonl").read_text().splitlines()
     ]
-    # The same data and RNG give the same first step. Later steps drift slightly between two
-    # separate processes even without a stop (open issue: optimisation is not bit-reproducible
-    # across processes; cause not yet found), so only step 1 is compared exactly.
-    a, b = lines[0], reference[0]
-    assert abs(a["reward_mean"] - b["reward_mean"]) < 1e-4 and abs(a["kl"] - b["kl"]) < 1e-4, (a, b)
-    assert [x["response_length_mean"] for x in lines[:1]] == [
-        x["response_length_mean"] for x in reference[:1]
-    ]
+    # Same seed, data order and RNG state: the stopped-and-resumed run is the uninterrupted one.
+    figures = ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "response_length_mean")
+    assert [[x[k] for k in figures] for x in lines] == [[x[k] for k in figures] for x in reference]
     assert torch.load(
         root / "model" / "adapter_model.bin", weights_only=True
     )  # the resumed run saved a model
