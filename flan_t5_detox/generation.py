@@ -9,7 +9,8 @@ Each prompt gets its own token budget (the notebook draws max_new_tokens from
 budget of its batch; instead our sampling loop (the same distribution as
 `generate`: min_length, then top-k, then top-p, then multinomial) lets a row
 leave the batch as soon as it reaches its budget or EOS, so later decoder steps
-run, and copy KV caches, only for the rows still generating. Rows never
+run only for the rows still generating (`decoder.IncrementalDecoder` holds the
+key/value caches). Rows never
 interact, so a response does not depend on what else is in its batch.
 """
 
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
-from transformers.modeling_outputs import BaseModelOutput
+
+from .decoder import IncrementalDecoder
 
 
 @dataclass
@@ -60,39 +62,28 @@ def _processors(settings: SamplingSettings, eos_token_id: int) -> LogitsProcesso
     return processors
 
 
-def _keep_rows(past, keep: torch.Tensor):
-    return tuple(tuple(t.index_select(0, keep) for t in layer) for layer in past)
-
-
 @torch.no_grad()
 def _sample(seq2seq, input_ids, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
     """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
     encoded = seq2seq.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    decoder = IncrementalDecoder(seq2seq, encoded, attention_mask, max(budgets))
     rows = torch.arange(len(budgets))  # original index of each row still generating
     left = torch.tensor(budgets)
     sequences = torch.full((len(budgets), 1), start_id)
     done: list[torch.Tensor | None] = [None] * len(budgets)
-    past = None
     while len(rows):
-        out = seq2seq(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-            attention_mask=attention_mask,
-            decoder_input_ids=sequences[:, -1:],
-            past_key_values=past,
-            use_cache=True,
-            return_dict=True,
-        )
-        scores = processors(sequences, out.logits[:, -1, :].float())
+        logits = decoder.step(sequences[:, -1])
+        scores = processors(sequences, logits.float())
         tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1)
-        sequences, past, left = torch.cat([sequences, tokens], dim=1), out.past_key_values, left - 1
+        sequences, left = torch.cat([sequences, tokens], dim=1), left - 1
         finished = (tokens[:, 0] == eos_id) | (left <= 0)
         if finished.any():
             for i in finished.nonzero()[:, 0].tolist():
                 done[int(rows[i])] = sequences[i].clone()
             keep = (~finished).nonzero()[:, 0]
             rows, left, sequences = rows[keep], left[keep], sequences[keep]
-            encoded, attention_mask = encoded[keep], attention_mask[keep]
-            past = _keep_rows(past, keep) if len(keep) else None
+            if len(keep):
+                decoder.keep(keep)
     return done
 
 

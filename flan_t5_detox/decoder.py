@@ -1,0 +1,92 @@
+"""One T5 decoder step at a time over preallocated key/value caches.
+
+Why not `model(..., past_key_values=...)`: transformers 4.27's T5 grows each
+layer's self-attention cache with `torch.cat` on every token (a copy of the
+whole cache: quadratic in the response length) and recomputes the relative
+position bias for the full square on every step. Here the caches are written
+in place and the bias table is built once. The step calls the model's own
+modules (layer norms, projections with any LoRA on them, the FFN, the LM head
+and its hooks), so weights, adapters and dtypes are exactly the model's; only
+the attention arithmetic around them is spelled out, as T5 does it (no 1/sqrt(d)
+scaling, softmax in fp32, additive mask).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _t5(seq2seq):
+    """The T5ForConditionalGeneration inside a PeftModel (LoRA layers live in its modules)."""
+    return seq2seq.get_base_model() if hasattr(seq2seq, "get_base_model") else seq2seq
+
+
+class IncrementalDecoder:
+    """Decodes a batch one token per `step`; `keep` drops finished rows from every cache."""
+
+    def __init__(self, seq2seq, encoded: torch.Tensor, attention_mask: torch.Tensor, max_steps: int):
+        self.t5 = _t5(seq2seq)
+        config = self.t5.config
+        self.heads, self.head_dim = config.num_heads, config.d_kv
+        self.blocks = self.t5.decoder.block
+        batch, dtype = encoded.shape[0], encoded.dtype
+        self.length = 0
+        self.self_k = torch.zeros(len(self.blocks), batch, self.heads, max_steps, self.head_dim, dtype=dtype)
+        self.self_v = torch.zeros_like(self.self_k)
+        # Cross-attention keys/values depend only on the encoder output: computed once.
+        cross = [block.layer[1].EncDecAttention for block in self.blocks]
+        self.cross = [(self._split(a.k(encoded)), self._split(a.v(encoded))) for a in cross]
+        self.cross_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        first = self.blocks[0].layer[0].SelfAttention
+        self.position_bias = first.compute_bias(max_steps, max_steps).to(dtype)  # (1, heads, q, k)
+
+    def _split(self, states: torch.Tensor) -> torch.Tensor:
+        """(batch, length, heads*dim) -> (batch, heads, length, dim)"""
+        return states.view(states.shape[0], -1, self.heads, self.head_dim).transpose(1, 2)
+
+    def _attend(self, query, keys, values, bias, out_proj):
+        scores = torch.matmul(self._split(query), keys.transpose(3, 2)) + bias
+        weights = torch.softmax(scores.float(), dim=-1).type_as(scores)
+        mixed = torch.matmul(weights, values)  # (batch, heads, 1, dim)
+        return out_proj(mixed.transpose(1, 2).reshape(query.shape[0], 1, -1))
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (shape (batch,)); returns next-token logits (batch, vocab)."""
+        t = self.length
+        hidden = self.t5.decoder.embed_tokens(tokens[:, None])
+        self_bias = self.position_bias[:, :, t : t + 1, : t + 1]
+        for i, block in enumerate(self.blocks):
+            layer = block.layer[0]
+            attn = layer.SelfAttention
+            normed = layer.layer_norm(hidden)
+            self.self_k[i, :, :, t] = self._split(attn.k(normed))[:, :, 0]
+            self.self_v[i, :, :, t] = self._split(attn.v(normed))[:, :, 0]
+            keys, values = self.self_k[i, :, :, : t + 1], self.self_v[i, :, :, : t + 1]
+            hidden = hidden + self._attend(attn.q(normed), keys, values, self_bias, attn.o)
+
+            layer = block.layer[1]
+            attn = layer.EncDecAttention
+            query = attn.q(layer.layer_norm(hidden))
+            hidden = hidden + self._attend(query, *self.cross[i], self.cross_mask, attn.o)
+
+            hidden = block.layer[2](hidden)  # T5LayerFF adds its own residual
+        hidden = self.t5.decoder.final_layer_norm(hidden)
+        if self.t5.config.tie_word_embeddings:
+            hidden = hidden * self.t5.model_dim**-0.5
+        self.length += 1
+        return self.t5.lm_head(hidden)[:, 0]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (indices into the current batch); copies only the filled cache."""
+        filled = self.length
+        self.self_k = _select(self.self_k, rows, filled)
+        self.self_v = _select(self.self_v, rows, filled)
+        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
+        self.cross_mask = self.cross_mask[rows]
+
+
+def _select(cache: torch.Tensor, rows: torch.Tensor, filled: int) -> torch.Tensor:
+    out = cache.new_empty((cache.shape[0], len(rows), *cache.shape[2:]))
+    out[:, :, :, :filled] = cache[:, rows, :, :filled]
+    return out

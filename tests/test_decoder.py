@@ -1,0 +1,77 @@
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from flan_t5_detox import models
+from flan_t5_detox.decoder import IncrementalDecoder
+
+
+def _queries(tokenizer):
+    texts = ["Summarize: Tom buys a coat and a hat.", "Summarize: Ann calls.", "Summarize: Bob asks Ann out."]
+    return tokenizer(texts, padding=True, return_tensors="pt")
+
+
+def _policy(tiny_models, dtype=torch.float32):
+    policy = models.build_policy(
+        models.load_summarizer(tiny_models.base_model, tiny_models.peft_checkpoint, dtype),
+        models.read_lora_config(tiny_models.peft_checkpoint),
+        seed=0,
+    )
+    with torch.no_grad():  # a trained-looking detox adapter, so LoRA really takes part
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return policy.pretrained_model
+
+
+def _incremental_logits(seq2seq, enc, decoder_ids, drop_after=None, keep=None):
+    """Logits at every position, feeding one token per step; optionally drop rows midway."""
+    encoded = seq2seq.get_encoder()(**enc).last_hidden_state
+    decoder = IncrementalDecoder(seq2seq, encoded, enc["attention_mask"], decoder_ids.shape[1])
+    rows, steps = torch.arange(len(decoder_ids)), []
+    for t in range(decoder_ids.shape[1]):
+        if t == drop_after:
+            decoder.keep(keep)
+            rows = rows[keep]
+        steps.append((rows, decoder.step(decoder_ids[rows, t])))
+    return steps
+
+
+def _assert_matches_full_forward(seq2seq, enc, decoder_ids, tol, **drop):
+    with torch.no_grad():
+        full = seq2seq(**enc, decoder_input_ids=decoder_ids).logits.float()
+    for t, (rows, logits) in enumerate(_incremental_logits(seq2seq, enc, decoder_ids, **drop)):
+        torch.testing.assert_close(logits.float(), full[rows, t], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("drop", [{}, {"drop_after": 4, "keep": torch.tensor([0, 2])}])
+def test_steps_match_the_full_forward_of_the_policy_with_its_adapter(tiny_models, drop):
+    policy = _policy(tiny_models).eval()
+    tokenizer = models.load_tokenizer(tiny_models.base_model)
+    decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 50, (3, 9))], dim=1)
+    _assert_matches_full_forward(policy, _queries(tokenizer), decoder_ids, 1e-4, **drop)
+
+
+def test_steps_match_a_plain_t5_with_tied_embeddings(tiny_models):
+    """The reference model is a plain T5; tied heads rescale the last hidden state."""
+    config = T5Config(
+        vocab_size=60, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4, feed_forward_proj="relu",
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, tie_word_embeddings=True,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config).eval()
+    enc = {
+        "input_ids": torch.randint(2, 60, (2, 7)),
+        "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3]),
+    }
+    decoder_ids = torch.randint(2, 60, (2, 30))  # longer than max_distance: far buckets are used
+    _assert_matches_full_forward(model, enc, decoder_ids, 1e-4)
+
+
+def test_steps_match_in_bfloat16(tiny_models):
+    policy = _policy(tiny_models, torch.bfloat16).eval()
+    tokenizer = models.load_tokenizer(tiny_models.base_model)
+    decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 50, (3, 6))], dim=1)
+    # bf16 keeps ~3 significant digits; the order of operations differs between the two paths.
+    _assert_matches_full_forward(policy, _queries(tokenizer), decoder_ids, 5e-2)
