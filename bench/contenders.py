@@ -97,6 +97,11 @@ def instrument_trl(trainer, m: Measurement) -> None:
     wrap(trainer.optimizer, "step", lambda: "ppo_optimizer")
 
 
+def _progress(phase: str, done: str, since: float) -> None:
+    """A line per unit of work, so a run stopped early still says how far it got, and when."""
+    print(f"progress {phase}: {done}, {time.perf_counter() - since:.1f} s", flush=True)
+
+
 def _ppo_parts(m: Measurement, step_seconds: float) -> None:
     parts = ("ppo_score", "ppo_train_forward", "ppo_backward", "ppo_optimizer")
     m.seconds["ppo_other"] = step_seconds - sum(m.seconds[p] for p in parts)
@@ -160,6 +165,7 @@ def notebook_ppo(w: Workload) -> dict:
             kwargs["max_new_tokens"] = budget
             summary = trainer.generate(prompt, **kwargs)
             summaries.append(summary.squeeze()[-budget:])
+            _progress("generate", f"{len(summaries)}/{len(prompt_tensors)} prompts, {budget} tokens", start)
     with Timer(m, "reward"):
         responses = [tokenizer.decode(s.squeeze()) for s in summaries]
         pairs = [q + r for q, r in zip(queries, responses)]
@@ -221,6 +227,7 @@ def notebook_eval(w: Workload) -> dict:
     toxicities, responses = [], []
     start = time.perf_counter()
     for text in w.eval_prompts:
+        _progress("eval", f"{len(responses)}/{len(w.eval_prompts)} samples", start)
         with Timer(m, "generate"):
             input_ids = tokenizer(text, return_tensors="pt", padding=True).input_ids
             generation_config = GenerationConfig(

@@ -33,9 +33,13 @@ class IncrementalDecoder:
         self.length = 0
         self.self_k = torch.zeros(len(self.blocks), batch, self.heads, max_steps, self.head_dim, dtype=dtype)
         self.self_v = torch.zeros_like(self.self_k)
-        # Cross-attention keys/values depend only on the encoder output: computed once.
+        # Cross-attention keys/values depend only on the encoder output: computed once, and
+        # stored contiguous (keys already transposed) so no step has to copy them for matmul.
         cross = [block.layer[1].EncDecAttention for block in self.blocks]
-        self.cross = [(self._split(a.k(encoded)), self._split(a.v(encoded))) for a in cross]
+        self.cross = [
+            (self._split(a.k(encoded)).transpose(2, 3).contiguous(), self._split(a.v(encoded)).contiguous())
+            for a in cross
+        ]
         self.cross_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         first = self.blocks[0].layer[0].SelfAttention
         self.position_bias = first.compute_bias(max_steps, max_steps).to(dtype)  # (1, heads, q, k)
@@ -44,8 +48,9 @@ class IncrementalDecoder:
         """(batch, length, heads*dim) -> (batch, heads, length, dim)"""
         return states.view(states.shape[0], -1, self.heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, query, keys, values, bias, out_proj):
-        scores = torch.matmul(self._split(query), keys.transpose(3, 2)) + bias
+    def _attend(self, query, keys_t, values, bias, out_proj):
+        """T5 attention for one query position; keys_t is (batch, heads, dim, length)."""
+        scores = torch.matmul(self._split(query), keys_t) + bias
         weights = torch.softmax(scores.float(), dim=-1).type_as(scores)
         mixed = torch.matmul(weights, values)  # (batch, heads, 1, dim)
         return out_proj(mixed.transpose(1, 2).reshape(query.shape[0], 1, -1))
@@ -62,8 +67,8 @@ class IncrementalDecoder:
             normed = layer.layer_norm(hidden)
             self.self_k[i, :, :, t] = self._split(attn.k(normed))[:, :, 0]
             self.self_v[i, :, :, t] = self._split(attn.v(normed))[:, :, 0]
-            keys, values = self.self_k[i, :, :, : t + 1], self.self_v[i, :, :, : t + 1]
-            hidden = hidden + self._attend(attn.q(normed), keys, values, self_bias, attn.o)
+            keys_t, values = self.self_k[i, :, :, : t + 1].transpose(2, 3), self.self_v[i, :, :, : t + 1]
+            hidden = hidden + self._attend(attn.q(normed), keys_t, values, self_bias, attn.o)
 
             layer = block.layer[1]
             attn = layer.EncDecAttention
