@@ -53,3 +53,15 @@ def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
         alone = logprobs([queries[i]], [responses[i]], 1)[0]
         assert len(alone) == len(responses[i]) - 2  # trl scores tokens 2..n of a seq2seq response
         torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token():
+    from flan_t5_detox.generation import _draw
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    draws = torch.cat([_draw(probs) for _ in range(20000)], dim=1)
+    first = torch.bincount(draws[0], minlength=5).float() / draws.shape[1]
+    assert first[1] == 0 and first[4] == 0
+    torch.testing.assert_close(first, probs[0], atol=0.015, rtol=0)  # 4+ standard errors
+    assert (draws[1] == 4).all()
