@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     for run in args.runs.split(","):
         contender, kind = run.split(":")
         spec = dataclasses.asdict(workload)
-        if contender == "notebook_fp32":  # the notebook's loop with only its dtype fixed
+        if contender == "notebook_fp32":  # the notebook's loop in fp32 with ours' MKL kernels
             spec["notebook_dtype"] = "float32"
         raw = run_worker(f"{contender.split('_')[0]}_{kind}", spec, args.out)
         report["raw"][run] = raw
