@@ -70,8 +70,13 @@ class TrimmedPPOTrainer(PPOTrainer):
         fbs = self.config.mini_batch_size
         if self.tokenizer.padding_side != "right" or "decoder_input_ids" not in model_inputs:
             return super().batched_forward_pass(model, queries, responses, model_inputs, return_logits)
-        order = sorted(range(len(queries)), key=lambda i: (len(responses[i]), len(queries[i])))
         width = model_inputs["decoder_input_ids"].shape[1] - 1  # trl's outputs drop the last position
+        if len(queries) == fbs:  # one mini-batch (PPO's training passes): nothing to reorder or join
+            part = super().batched_forward_pass(
+                model, queries, responses, _trim_padding(model_inputs), return_logits
+            )
+            return tuple(None if t is None else _pad_to(t, width) for t in part)
+        order = sorted(range(len(queries)), key=lambda i: (len(responses[i]), len(queries[i])))
         parts = []
         try:
             for start in range(0, len(order), fbs):
@@ -103,6 +108,8 @@ def _trim_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _pad_to(tensor: torch.Tensor, width: int) -> torch.Tensor:
     """Right-pad dim 1 with zeros (masked positions, as trl's own padding)."""
+    if tensor.shape[1] == width:
+        return tensor
     pad = [0, 0] * (tensor.dim() - 2) + [0, width - tensor.shape[1]]
     return torch.nn.functional.pad(tensor, pad)
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from flan_t5_detox import checkpoint
+from flan_t5_detox.generation import SamplingSettings, generate
 from flan_t5_detox.ppo import TrainingDiverged
 from tests.helpers import tiny_config, tiny_trainer
 
@@ -62,3 +63,27 @@ def test_exploding_kl_aborts(tiny_models):
     with pytest.raises(TrainingDiverged, match="exceeded max_kl"):
         trainer.run_step()
     assert trainer.last_good.step == 1
+
+
+def test_trimmed_forward_passes_equal_trl_own(tiny_models):
+    """Same log-probs, logits, values and masks as trl's padded passes, for the scoring
+    passes (whole batch, several mini-batches) and a training pass (one mini-batch)."""
+    from trl import PPOTrainer
+
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
+    queries = trainer.query_ids[:8]
+    torch.manual_seed(3)
+    responses = generate(
+        trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
+    )
+    for rows in (range(8), [5, 0, 3, 6]):
+        qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
+        inputs = trainer.trl.prepare_model_inputs(qs, rs)
+        with torch.no_grad():
+            args = (trainer.policy, qs, rs, inputs)
+            ours = trainer.trl.batched_forward_pass(*args, return_logits=True)
+            trls = PPOTrainer.batched_forward_pass(trainer.trl, *args, return_logits=True)
+        for a, b in zip(ours, trls):
+            assert a.shape == b.shape
+            mask = trls[3].bool()
+            torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,102 @@
+"""Where a decoding step's time goes on this machine, side by side in one process.
+
+    python -m bench.kernels            # after `python -m bench.run` has built bench/results/fixtures
+
+1. One decoder step on flan-t5-base shapes, at 16, 4 and 1 rows, early and late in a response:
+   transformers' cached forward (`past_key_values`) against `decoder.IncrementalDecoder`.
+2. How fast MKL streams weights through the small-row products decoding is made of, against a
+   plain read of the same tensors (the memory limit).
+3. Drawing one token per row: `torch.multinomial` against `generation._draw`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from flan_t5_detox import models
+from flan_t5_detox.decoder import IncrementalDecoder
+from flan_t5_detox.generation import _draw
+
+from .run import RESULTS
+
+
+def _best_ms(fn, *args, repeats: int = 5) -> float:
+    fn(*args)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def decoder_steps(model, rows: int, positions=(20, 340), source_len: int = 150) -> dict[str, float]:
+    """ms of one step after `position` earlier ones (caches of that length, random contents)."""
+    config = model.config
+    ids = torch.randint(5, 30000, (rows, source_len))
+    mask = torch.ones_like(ids)
+    token = torch.zeros(rows, dtype=torch.long)
+    out = {}
+    with torch.no_grad():
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        encoder_outputs = BaseModelOutput(last_hidden_state=encoded)
+        for position in positions:
+            kv = (rows, config.num_heads, position, config.d_kv)
+            cross = (rows, config.num_heads, source_len, config.d_kv)
+            past = tuple(
+                (torch.randn(kv), torch.randn(kv), torch.randn(cross), torch.randn(cross))
+                for _ in range(config.num_decoder_layers)
+            )
+            inputs = dict(
+                encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=token[:, None],
+                past_key_values=past, use_cache=True,
+            )  # fmt: skip
+            out[f"transformers t={position}"] = _best_ms(lambda kwargs: model(**kwargs), inputs)
+            decoder = IncrementalDecoder(model, encoded, mask, position + 10)
+            out[f"incremental t={position}"] = _best_ms(_step_at, decoder, position, token)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _step_at(decoder: IncrementalDecoder, position: int, token: torch.Tensor) -> None:
+    decoder.length = position  # the same step each time
+    decoder.step(token)
+
+
+def weight_streaming() -> dict[str, float]:
+    """GB/s of weights through F.linear at 1 and 16 rows vs a plain read (40 x 6 MB: not cache-resident)."""
+    weights = [torch.randn(2048, 768) for _ in range(40)]
+    size_gb = sum(w.numel() * 4 for w in weights) / 1e9
+    rates = {"read (sum)": size_gb / _best_ms(lambda: [w.sum() for w in weights]) * 1000}
+    for rows in (1, 16):
+        x = torch.randn(rows, 768)
+        ms = _best_ms(lambda rows_in: [torch.nn.functional.linear(rows_in, w) for w in weights], x)
+        rates[f"F.linear, {rows} row(s)"] = size_gb / ms * 1000
+    return {k: round(v, 1) for k, v in rates.items()}
+
+
+def sampling(rows: int = 16, vocab: int = 32128) -> dict[str, float]:
+    probs = torch.randn(rows, vocab).softmax(-1)
+    return {
+        "torch.multinomial ms": round(_best_ms(torch.multinomial, probs, 1, repeats=50), 2),
+        "generation._draw ms": round(_best_ms(_draw, probs, repeats=50), 2),
+    }
+
+
+def main() -> None:
+    threads = models.set_threads(0)
+    fixtures = Path(RESULTS) / "fixtures"
+    model = models.load_summarizer(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
+    print(f"threads {threads}; MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE')}")
+    for rows in (16, 4, 1):
+        print(f"decoder step, {rows} row(s), ms:", decoder_steps(model.eval(), rows), flush=True)
+    print("weight streaming, GB/s:", weight_streaming(), flush=True)
+    print("sampling one token per row, 16 x 32128:", sampling(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
