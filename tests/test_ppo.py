@@ -76,9 +76,10 @@ def test_trimmed_forward_passes_equal_trl_own(tiny_models):
     responses = generate(
         trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
     )
-    for rows in (range(8), [5, 0, 3, 6]):
+    padded = trainer.trl.prepare_model_inputs(queries, responses)  # as trl's step: the batch's width
+    for rows in (list(range(8)), [6, 0, 2, 7]):  # the mini-batch holds none of the longest responses
         qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
-        inputs = trainer.trl.prepare_model_inputs(qs, rs)
+        inputs = {k: v[rows] for k, v in padded.items()}
         with torch.no_grad():
             args = (trainer.policy, qs, rs, inputs)
             ours = trainer.trl.batched_forward_pass(*args, return_logits=True)
