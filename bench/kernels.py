@@ -7,6 +7,8 @@
 2. How fast MKL streams weights through the small-row products decoding is made of, against a
    plain read of the same tensors (the memory limit).
 3. Drawing one token per row: `torch.multinomial` against `generation._draw`.
+4. A whole rollout (16 prompts, budgets 109..392): the sampling loop over transformers' cache
+   (the project's loop before `IncrementalDecoder`) against `generation.generate`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from flan_t5_detox import models
+from flan_t5_detox import generation, models
 from flan_t5_detox.decoder import IncrementalDecoder
 from flan_t5_detox.generation import _draw
 
@@ -87,6 +89,52 @@ def sampling(rows: int = 16, vocab: int = 32128) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def _sample_with_transformers_cache(
+    seq2seq, input_ids, attention_mask, budgets, processors, start_id, eos_id
+):  # noqa: E501
+    """generation._sample as it was before IncrementalDecoder: `past_key_values`, rows dropped by index."""
+    encoded = seq2seq.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    rows, left = torch.arange(len(budgets)), torch.tensor(budgets)
+    sequences = torch.full((len(budgets), 1), start_id)
+    done, past = [None] * len(budgets), None
+    while len(rows):
+        out = seq2seq(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=attention_mask,
+            decoder_input_ids=sequences[:, -1:], past_key_values=past, use_cache=True,
+        )  # fmt: skip
+        tokens = _draw(processors(sequences, out.logits[:, -1, :].float()).softmax(dim=-1))
+        sequences, past, left = torch.cat([sequences, tokens], dim=1), out.past_key_values, left - 1
+        finished = (tokens[:, 0] == eos_id) | (left <= 0)
+        if finished.any():
+            for i in finished.nonzero()[:, 0].tolist():
+                done[int(rows[i])] = sequences[i].clone()
+            keep = (~finished).nonzero()[:, 0]
+            rows, left, sequences = rows[keep], left[keep], sequences[keep]
+            encoded, attention_mask = encoded[keep], attention_mask[keep]
+            if len(keep):
+                past = tuple(tuple(t.index_select(0, keep) for t in layer) for layer in past)
+    return done
+
+
+def rollouts(model, tokenizer, repeats: int = 2) -> dict[str, float]:
+    """Best-of seconds for one rollout with each loop, alternating (same prompts, budgets, seed)."""
+    torch.manual_seed(0)
+    queries = [torch.randint(5, 30000, (int(n),)) for n in torch.randint(59, 187, (16,))]
+    budgets = torch.randint(109, 393, (16,)).tolist()
+    settings = generation.SamplingSettings(min_length=max(budgets) + 1)  # every row runs to its budget
+    loops = {"transformers cache": _sample_with_transformers_cache, "IncrementalDecoder": generation._sample}
+    best = dict.fromkeys(loops, float("inf"))
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            generation._sample = loop
+            start = time.perf_counter()
+            generation.generate(model, tokenizer, queries, budgets, settings)
+            best[name] = min(best[name], time.perf_counter() - start)
+    generation._sample = loops["IncrementalDecoder"]
+    return {k: round(v, 1) for k, v in best.items()}
+
+
 def main() -> None:
     threads = models.set_threads(0)
     fixtures = Path(RESULTS) / "fixtures"
@@ -96,6 +144,8 @@ def main() -> None:
         print(f"decoder step, {rows} row(s), ms:", decoder_steps(model.eval(), rows), flush=True)
     print("weight streaming, GB/s:", weight_streaming(), flush=True)
     print("sampling one token per row, 16 x 32128:", sampling(), flush=True)
+    tokenizer = models.load_tokenizer(fixtures / "base_model")
+    print("rollout of 16 prompts (sum of budgets ~4200 tokens), s:", rollouts(model, tokenizer), flush=True)
 
 
 if __name__ == "__main__":
