@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import allocator
 from flan_t5_detox import checkpoint
 
 pytestmark = pytest.mark.docker
@@ -96,6 +97,9 @@ def test_image_metadata_entrypoint_and_pins(image):
     config = json.loads(_docker("image", "inspect", image).stdout)[0]["Config"]
     # Exec form: the job (behind tini) receives SIGTERM itself; no shell in between.
     assert config["Entrypoint"] == ["/usr/local/bin/tini", "--"]
+    # The allocator settings bench/allocator.py measured are the ones the jobs run with.
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert {k: env.get(k) for k in allocator.TUNED} == allocator.TUNED
     labels = config["Labels"]
     lock = _pins(LOCK.read_text().splitlines())
     for name in ("torch", "transformers", "peft", "datasets", "evaluate", "accelerate"):
