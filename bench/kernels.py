@@ -89,49 +89,47 @@ def sampling(rows: int = 16, vocab: int = 32128) -> dict[str, float]:
     }
 
 
-@torch.no_grad()
-def _sample_with_transformers_cache(
-    seq2seq, input_ids, attention_mask, budgets, processors, start_id, eos_id
-):  # noqa: E501
-    """generation._sample as it was before IncrementalDecoder: `past_key_values`, rows dropped by index."""
-    encoded = seq2seq.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    rows, left = torch.arange(len(budgets)), torch.tensor(budgets)
-    sequences = torch.full((len(budgets), 1), start_id)
-    done, past = [None] * len(budgets), None
-    while len(rows):
-        out = seq2seq(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=attention_mask,
-            decoder_input_ids=sequences[:, -1:], past_key_values=past, use_cache=True,
-        )  # fmt: skip
-        tokens = _draw(processors(sequences, out.logits[:, -1, :].float()).softmax(dim=-1))
-        sequences, past, left = torch.cat([sequences, tokens], dim=1), out.past_key_values, left - 1
-        finished = (tokens[:, 0] == eos_id) | (left <= 0)
-        if finished.any():
-            for i in finished.nonzero()[:, 0].tolist():
-                done[int(rows[i])] = sequences[i].clone()
-            keep = (~finished).nonzero()[:, 0]
-            rows, left, sequences = rows[keep], left[keep], sequences[keep]
-            encoded, attention_mask = encoded[keep], attention_mask[keep]
-            if len(keep):
-                past = tuple(tuple(t.index_select(0, keep) for t in layer) for layer in past)
-    return done
+class TransformersCacheDecoder:
+    """IncrementalDecoder's interface over the model's own forward with `past_key_values`
+    (what the sampling loop used before IncrementalDecoder)."""
+
+    def __init__(self, seq2seq, encoded, attention_mask, max_steps: int):
+        self.seq2seq, self.encoded, self.attention_mask, self.past = seq2seq, encoded, attention_mask, None
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.seq2seq(
+            encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded),
+            attention_mask=self.attention_mask,
+            decoder_input_ids=tokens[:, None],
+            past_key_values=self.past,
+            use_cache=True,
+        )
+        self.past = out.past_key_values
+        return out.logits[:, -1]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.encoded, self.attention_mask = self.encoded[rows], self.attention_mask[rows]
+        self.past = tuple(tuple(t.index_select(0, rows) for t in layer) for layer in self.past)
 
 
 def rollouts(model, tokenizer, repeats: int = 2) -> dict[str, float]:
-    """Best-of seconds for one rollout with each loop, alternating (same prompts, budgets, seed)."""
+    """Best-of seconds for one rollout with each decoder in the same sampling loop, alternating
+    (same prompts, budgets and seed)."""
     torch.manual_seed(0)
     queries = [torch.randint(5, 30000, (int(n),)) for n in torch.randint(59, 187, (16,))]
     budgets = torch.randint(109, 393, (16,)).tolist()
     settings = generation.SamplingSettings(min_length=max(budgets) + 1)  # every row runs to its budget
-    loops = {"transformers cache": _sample_with_transformers_cache, "IncrementalDecoder": generation._sample}
-    best = dict.fromkeys(loops, float("inf"))
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            generation._sample = loop
-            start = time.perf_counter()
-            generation.generate(model, tokenizer, queries, budgets, settings)
-            best[name] = min(best[name], time.perf_counter() - start)
-    generation._sample = loops["IncrementalDecoder"]
+    decoders = {"transformers cache": TransformersCacheDecoder, "IncrementalDecoder": IncrementalDecoder}
+    best = dict.fromkeys(decoders, float("inf"))
+    try:
+        for _ in range(repeats):
+            for name, decoder in decoders.items():
+                generation.IncrementalDecoder = decoder  # the one name `_sample` builds its decoder by
+                start = time.perf_counter()
+                generation.generate(model, tokenizer, queries, budgets, settings)
+                best[name] = min(best[name], time.perf_counter() - start)
+    finally:
+        generation.IncrementalDecoder = IncrementalDecoder
     return {k: round(v, 1) for k, v in best.items()}
 
 

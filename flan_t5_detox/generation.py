@@ -7,11 +7,11 @@ after EOS, which then count as response tokens in the PPO step (defect 2).
 Each prompt gets its own token budget (the notebook draws max_new_tokens from
 100..400 per prompt). `model.generate` would run every row until the largest
 budget of its batch; instead our sampling loop (the same distribution as
-`generate`: min_length, then top-k, then top-p, then multinomial) lets a row
-leave the batch as soon as it reaches its budget or EOS, so later decoder steps
-run only for the rows still generating (`decoder.IncrementalDecoder` holds the
-key/value caches). Rows never
-interact, so a response does not depend on what else is in its batch.
+`generate`: min_length, then top-k, then top-p, then one draw) lets a row leave
+the batch as soon as it reaches its budget or EOS, so later decoder steps run
+only for the rows still generating (`decoder.IncrementalDecoder` holds the
+key/value caches). Rows never interact, so a response does not depend on what
+else is in its batch.
 """
 
 from __future__ import annotations
