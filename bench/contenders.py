@@ -119,7 +119,7 @@ def _notebook_machine_settings(w: Workload) -> None:
     """The notebook as written (bf16) runs with the library defaults. Its fp32 variant also gets
     the MKL kernel choice ours makes on AMD CPUs, so the two fp32 loops differ only in the loop."""
     if w.notebook_dtype == "float32":
-        models.use_mkl_avx2_on_amd()
+        models.use_fast_mkl_kernels()
 
 
 def _notebook_policy(w: Workload):

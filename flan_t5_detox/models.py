@@ -60,18 +60,32 @@ def pick_dtype(requested: str = "auto") -> torch.dtype:
     return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & cpu_flags() else torch.float32
 
 
-def use_mkl_avx2_on_amd() -> None:
-    """torch 1.13.1 ships MKL 2020.0, which runs slow generic kernels on AMD CPUs; forcing its AVX2
-    kernels made fp32 GEMMs ~2.5x faster on an AMD EPYC (bench/RESULTS.md). MKL reads the
-    variable at its first call, so call this before any model computes. Intel CPUs are left
-    alone: there it would downgrade AVX-512 to AVX2."""
-    if _cpuinfo("vendor_id") == "AuthenticAMD" and "avx2" in cpu_flags():
-        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+AVX512_CORE = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+
+
+def mkl_cpu_type(vendor: str, flags: set[str]) -> str | None:
+    """The MKL_DEBUG_CPU_TYPE that unlocks MKL's fast kernels on this CPU, or None to leave MKL be.
+
+    torch 1.13.1 ships MKL 2020.0, which runs slow generic kernels on AMD CPUs whatever their
+    SIMD. Forcing its AVX-512 kernels (7) or AVX2 kernels (5) made fp32 GEMMs 5.4x / 2.7x
+    faster on an AMD EPYC with AVX-512 (bench/RESULTS.md). Intel CPUs get the right kernels."""
+    if vendor != "AuthenticAMD":
+        return None
+    if AVX512_CORE <= flags:
+        return "7"
+    return "5" if {"avx2", "fma"} <= flags else None
+
+
+def use_fast_mkl_kernels() -> None:
+    """MKL reads the variable at its first call, so call this before any model computes."""
+    cpu_type = mkl_cpu_type(_cpuinfo("vendor_id"), cpu_flags())
+    if cpu_type:
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", cpu_type)
 
 
 def set_threads(requested: int = 0) -> int:
     """One intra-op thread per CPU this process may run on (cgroup/affinity aware); fast MKL kernels."""
-    use_mkl_avx2_on_amd()
+    use_fast_mkl_kernels()
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     count = requested or available
     torch.set_num_threads(count)

@@ -110,6 +110,14 @@ def test_dtype_follows_the_request_and_cpu_capability(monkeypatch):
     assert models.pick_dtype("auto") is torch.bfloat16
 
 
+def test_mkl_gets_its_fast_kernels_on_amd_only():
+    zen4 = models.AVX512_CORE | {"avx2", "fma", "avx512_bf16"}
+    assert models.mkl_cpu_type("AuthenticAMD", zen4) == "7"
+    assert models.mkl_cpu_type("AuthenticAMD", {"avx", "avx2", "fma"}) == "5"  # Zen 2/3
+    assert models.mkl_cpu_type("AuthenticAMD", {"avx", "sse4_2"}) is None
+    assert models.mkl_cpu_type("GenuineIntel", zen4) is None  # MKL picks well on Intel
+
+
 def test_the_seed_fixes_the_fresh_adapter_and_value_head(tiny_models):
     def trainable(seed):
         policy = models.build_policy(
