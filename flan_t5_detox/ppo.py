@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from trl import PPOConfig, PPOTrainer
+from trl.core import masked_mean
 
 from . import checkpoint
 from .config import TrainConfig
 from .data import BatchOrder, Example
 from .generation import LengthSampler, SamplingSettings, decode, generate
+from .logprobs import chosen_logprobs
 
 # A reward function maps (query texts, response texts, response token ids) to one score each.
 RewardFn = Callable[[list[str], list[str], list[torch.Tensor]], torch.Tensor]
@@ -56,44 +58,64 @@ def ppo_config(config: TrainConfig) -> PPOConfig:
 
 
 class TrimmedPPOTrainer(PPOTrainer):
-    """trl's PPOTrainer, but each forward mini-batch runs at its own length.
+    """trl's PPOTrainer, with its forward passes done without padding or full-vocabulary copies.
 
-    Why: trl pads the whole batch to its longest query and longest response and runs
-    every mini-batch at that width; with budgets of 100..400 tokens about a third of
-    the decoder work is padding. The scoring passes (policy, reference) also group
-    rows of similar length. Padding is on the right and masked, and rows never
-    interact, so every output is unchanged; results come back in the caller's order
-    and width.
+    Same outputs as trl's `batched_forward_pass` (log-probs, values, masks, with trl's
+    encoder-decoder masking: the first response token and the last position are masked), but:
+    - each mini-batch runs at its own length, on rows of similar length (trl pads the whole
+      batch to its longest query and response: with budgets of 100..400 tokens about a third
+      of the decoder work is padding). Padding is on the right and masked, rows never
+      interact, and results come back in the caller's order and width;
+    - log-probs and the entropy come from `logprobs.chosen_logprobs`, not from a full
+      log-softmax (and, for the entropy statistic, three more full-vocabulary passes in
+      `loss`). In the slot where trl returns the logits, training passes get the per-token
+      entropy, which `loss` reports as `policy/entropy`.
     """
 
     def batched_forward_pass(self, model, queries, responses, model_inputs, return_logits=False):
-        fbs = self.config.mini_batch_size
         if self.tokenizer.padding_side != "right" or "decoder_input_ids" not in model_inputs:
             return super().batched_forward_pass(model, queries, responses, model_inputs, return_logits)
         width = model_inputs["decoder_input_ids"].shape[1] - 1  # trl's outputs drop the last position
-        if len(queries) == fbs:  # one mini-batch (PPO's training passes): nothing to reorder or join
-            part = super().batched_forward_pass(
-                model, queries, responses, _trim_padding(model_inputs), return_logits
-            )
-            return tuple(None if t is None else _pad_to(t, width) for t in part)
         order = sorted(range(len(queries)), key=lambda i: (len(responses[i]), len(queries[i])))
         parts = []
-        try:
-            for start in range(0, len(order), fbs):
-                rows = order[start : start + fbs]
-                self.config.mini_batch_size = len(rows)
-                part = super().batched_forward_pass(
-                    model,
-                    [queries[i] for i in rows],
-                    [responses[i] for i in rows],
-                    _trim_padding({k: v[rows] for k, v in model_inputs.items()}),
-                    return_logits,
-                )
-                parts.append([None if t is None else _pad_to(t, width) for t in part])
-        finally:
-            self.config.mini_batch_size = fbs
+        for start in range(0, len(order), self.config.mini_batch_size):
+            rows = order[start : start + self.config.mini_batch_size]
+            inputs = _trim_padding({k: v[rows] for k, v in model_inputs.items()})
+            part = _seq2seq_forward(model, inputs, with_entropy=return_logits)
+            parts.append([None if t is None else _pad_to(t, width) for t in part])
         back = torch.tensor(order).argsort()  # to the caller's row order
-        return tuple(None if ts[0] is None else torch.cat(ts)[back] for ts in zip(*parts))
+        logprobs, entropy, values, masks = (
+            None if ts[0] is None else torch.cat(ts)[back] for ts in zip(*parts)
+        )
+        return logprobs, entropy, values, masks
+
+    def loss(self, old_logprobs, values, rewards, logits, vpreds, logprobs, mask):
+        if logits.dim() == 3:  # trl's own forward pass ran: real logits
+            return super().loss(old_logprobs, values, rewards, logits, vpreds, logprobs, mask)
+        entropy = logits
+        # trl's loss, handed a one-wide stand-in for the logits (its entropy is 0, and costs
+        # nothing); the entropy statistic is then the one computed with the log-probs.
+        stand_in = entropy.detach().new_zeros(*entropy.shape, 1)
+        policy_loss, value_loss, stats = super().loss(
+            old_logprobs, values, rewards, stand_in, vpreds, logprobs, mask
+        )
+        stats["policy/entropy"] = masked_mean(entropy, mask)
+        return policy_loss, value_loss, stats
+
+
+def _seq2seq_forward(model, inputs: dict[str, torch.Tensor], with_entropy: bool):
+    """One right-padded mini-batch: (log-probs, entropy or None, values, masks), each (rows, length - 1)."""
+    logits, _, values = model(**inputs)
+    tokens, attention = inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
+    logprobs, entropy = chosen_logprobs(logits, tokens[:, 1:], with_entropy)
+    # trl's masks for encoder-decoder models: position t predicts token t + 1; positions
+    # 1 .. (decoder length - 2) count, so the first response token is never trained on.
+    lengths = attention.sum(1)
+    if int(lengths.min()) < 4:
+        raise ValueError("Responses are too short: PPO needs at least 3 tokens after the decoder start.")
+    positions = torch.arange(tokens.shape[1] - 1)
+    masks = ((positions >= 1) & (positions < (lengths - 1)[:, None])).to(attention.dtype)
+    return logprobs, entropy, values[:, :-1], masks
 
 
 def _trim_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

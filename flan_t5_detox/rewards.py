@@ -32,7 +32,13 @@ class Scores:
 
 
 class RewardModel:
-    def __init__(self, path_or_name: str | Path, reward_label: str = "nothate", batch_size: int = 16):
+    def __init__(
+        self,
+        path_or_name: str | Path,
+        reward_label: str = "nothate",
+        batch_size: int = 16,
+        batch_tokens: int = 4096,
+    ):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path_or_name))
             self.model = AutoModelForSequenceClassification.from_pretrained(str(path_or_name))
@@ -44,24 +50,39 @@ class RewardModel:
         self.model.eval()
         self.id2label = dict(self.model.config.id2label)
         self.reward_index = label_index(self.id2label, reward_label)
-        self.batch_size = batch_size
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
 
     def index_of(self, label: str) -> int:
         return label_index(self.id2label, label)
 
     @torch.no_grad()
     def score(self, texts: list[str]) -> Scores:
-        """Logits for every text, in batches, truncated to the classifier's window."""
-        logits = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True)
-            logits.append(self.model(**enc).logits.float())
-        all_logits = torch.cat(logits) if logits else torch.zeros(0, len(self.id2label))
-        return Scores(reward=all_logits[:, self.reward_index], probabilities=all_logits.softmax(dim=-1))
+        """Logits for every text, truncated to the classifier's window.
+
+        Texts are batched by length (at most `batch_size` texts and `batch_tokens` padded
+        tokens per batch), so little of the work is padding; results are in the input order."""
+        ids = self.tokenizer(texts, truncation=True)["input_ids"] if texts else []
+        logits = torch.zeros(len(texts), len(self.id2label))
+        for rows in length_batches([len(i) for i in ids], self.batch_size, self.batch_tokens):
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+            logits[rows] = self.model(**enc).logits.float()
+        return Scores(reward=logits[:, self.reward_index], probabilities=logits.softmax(dim=-1))
 
     def rewards(self, texts: list[str]) -> torch.Tensor:
         return self.score(texts).reward
 
     def toxicity(self, texts: list[str], toxic_label: str = "hate") -> torch.Tensor:
         return self.score(texts).probabilities[:, self.index_of(toxic_label)]
+
+
+def length_batches(lengths: list[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Indices grouped shortest first; a batch closes when one more row would exceed `batch_size`
+    rows or `batch_tokens` once padded to its longest row (a longer row always gets a batch)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        rows = batches[-1] if batches else None
+        if rows is None or len(rows) >= batch_size or (len(rows) + 1) * lengths[i] > batch_tokens:
+            batches.append([i])
+        else:
+            rows.append(i)
+    return batches

@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -66,17 +68,13 @@ def test_exploding_kl_aborts(tiny_models):
 
 
 def test_trimmed_forward_passes_equal_trl_own(tiny_models):
-    """Same log-probs, logits, values and masks as trl's padded passes, for the scoring
-    passes (whole batch, several mini-batches) and a training pass (one mini-batch)."""
+    """Same log-probs, values and masks as trl's padded passes, for the scoring passes (whole
+    batch, several mini-batches) and a training pass (one mini-batch); where trl returns the
+    logits, the training pass returns their per-token entropy."""
     from trl import PPOTrainer
+    from trl.core import entropy_from_logits
 
-    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
-    queries = trainer.query_ids[:8]
-    torch.manual_seed(3)
-    responses = generate(
-        trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
-    )
-    padded = trainer.trl.prepare_model_inputs(queries, responses)  # as trl's step: the batch's width
+    trainer, queries, responses, padded = _batch_of_eight(tiny_models)
     for rows in (list(range(8)), [6, 0, 2, 7]):  # the mini-batch holds none of the longest responses
         qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
         inputs = {k: v[rows] for k, v in padded.items()}
@@ -84,7 +82,56 @@ def test_trimmed_forward_passes_equal_trl_own(tiny_models):
             args = (trainer.policy, qs, rs, inputs)
             ours = trainer.trl.batched_forward_pass(*args, return_logits=True)
             trls = PPOTrainer.batched_forward_pass(trainer.trl, *args, return_logits=True)
-        for a, b in zip(ours, trls):
+        mask = trls[3].bool()
+        assert torch.equal(ours[3], trls[3])
+        expected = (trls[0], entropy_from_logits(trls[1]), trls[2])
+        for a, b in zip(ours[:3], expected):
             assert a.shape == b.shape
-            mask = trls[3].bool()
             torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_and_gradients_equal_trl_own(tiny_models):
+    """One training mini-batch through our pass + loss and through trl's: the same losses,
+    statistics (entropy included) and gradients."""
+    from trl import PPOTrainer
+
+    trainer, queries, responses, padded = _batch_of_eight(tiny_models)
+    rows = [1, 4, 5, 3]
+    qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
+    inputs = {k: v[rows] for k, v in padded.items()}
+    with torch.no_grad():
+        old_logprobs, _, values, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs)
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.randn(values.shape, generator=generator) * masks
+    old_logprobs = old_logprobs + 0.05 * torch.randn(values.shape, generator=generator)  # ratio != 1
+    results = []
+    for forward, loss in (
+        (trainer.trl.batched_forward_pass, trainer.trl.loss),
+        (partial(PPOTrainer.batched_forward_pass, trainer.trl), partial(PPOTrainer.loss, trainer.trl)),
+    ):
+        trainer.policy.zero_grad()
+        logprobs, logits, vpreds, _ = forward(trainer.policy, qs, rs, inputs, return_logits=True)
+        policy_loss, value_loss, stats = loss(old_logprobs, values, rewards, logits, vpreds, logprobs, masks)
+        (policy_loss + value_loss).backward()
+        grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
+        results.append((policy_loss, value_loss, stats, grads))
+    (ours_p, ours_v, ours_stats, ours_grads), (trl_p, trl_v, trl_stats, trl_grads) = results
+    torch.testing.assert_close(ours_p, trl_p)
+    torch.testing.assert_close(ours_v, trl_v)
+    assert ours_stats.keys() == trl_stats.keys()
+    for key in trl_stats:
+        torch.testing.assert_close(ours_stats[key], trl_stats[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert ours_grads.keys() == trl_grads.keys() and len(trl_grads) > 0
+    for name in trl_grads:
+        torch.testing.assert_close(ours_grads[name], trl_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def _batch_of_eight(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
+    queries = trainer.query_ids[:8]
+    torch.manual_seed(3)
+    responses = generate(
+        trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
+    )
+    padded = trainer.trl.prepare_model_inputs(queries, responses)  # as trl's step: the batch's width
+    return trainer, queries, responses, padded

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from flan_t5_detox.contract import JobInputError
-from flan_t5_detox.rewards import RewardModel
+from flan_t5_detox.rewards import RewardModel, length_batches
 
 
 def test_reward_is_the_named_logit_and_toxicity_the_softmax(tiny_models):
@@ -26,3 +26,18 @@ def test_label_is_chosen_by_name_not_index(tiny_models):
     assert RewardModel(tiny_models.reward_model, reward_label="HATE").reward_index == 1
     with pytest.raises(JobInputError, match="no label 'toxic'.*hate.*nothate"):
         RewardModel(tiny_models.reward_model, reward_label="toxic")
+
+
+def test_batches_follow_length_and_keep_the_input_order(tiny_models):
+    lengths = [50, 3, 400, 7, 60, 5, 380]
+    batches = length_batches(lengths, batch_size=3, batch_tokens=780)
+    assert sorted(i for rows in batches for i in rows) == list(range(len(lengths)))
+    assert batches == [[1, 5, 3], [0, 4], [6], [2]]  # 3 rows at most; 380 and 400 padded: 800 > 780
+    assert length_batches([900], 16, 512) == [[0]]  # a row longer than the budget still runs
+
+    texts = ["Tom buys a coat.", "you stupid idiot " * 20, "hi", "Mary and Sam plan a trip to Paris."]
+    one_by_one = RewardModel(tiny_models.reward_model, batch_size=1).score(texts)
+    batched = RewardModel(tiny_models.reward_model, batch_size=3, batch_tokens=64).score(texts)
+    torch.testing.assert_close(batched.reward, one_by_one.reward, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.probabilities, one_by_one.probabilities, atol=1e-6, rtol=1e-5)
+    assert RewardModel(tiny_models.reward_model).score([]).reward.shape == (0,)
