@@ -94,7 +94,16 @@ def machine() -> dict:
             info["cpu"] = line.split(":", 1)[1].strip()
             break
     info["simd_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    info["contender_env"] = image_env()
     return info
+
+
+def image_env() -> dict:
+    """The job image's glibc malloc settings (Dockerfile ENV), for every contender alike: the
+    jobs ship with them, and the notebook's loop gets them too so only the loops differ."""
+    from .allocator import TUNED
+
+    return dict(TUNED)
 
 
 def loadavg() -> str:
@@ -271,6 +280,9 @@ def markdown(report: dict) -> str:
         "",
         f"CPU: {m['cpu']}, {m['cpus']} CPUs, SIMD flags: {' '.join(m['simd_flags'])}",
         "",
+        "Every contender ran with the job image's malloc settings: "
+        + " ".join(f"`{k}={v}`" for k, v in m.get("contender_env", {}).items()),
+        "",
         f"Measured peak GEMM (best of 10, all CPUs): {peaks}; copy bandwidth "
         f"{limits['float32']['memory_gbps']} GB/s. Roofline columns use the phase's dtype.",
         "",
@@ -319,7 +331,7 @@ def main(argv=None) -> int:
         spec = dataclasses.asdict(workload)
         if contender == "notebook_fp32":  # the notebook's loop in fp32 with ours' MKL kernels
             spec["notebook_dtype"] = "float32"
-        raw = run_worker(f"{contender.split('_')[0]}_{kind}", spec, args.out)
+        raw = run_worker(f"{contender.split('_')[0]}_{kind}", spec, args.out, image_env())
         report["raw"][run] = raw
         report["results"][run] = _summary(run, raw, report)
         print(run, json.dumps(report["results"][run]), flush=True)
