@@ -9,6 +9,9 @@
 3. Drawing one token per row: `torch.multinomial` against `generation._draw`.
 4. A whole rollout (16 prompts, budgets 109..392): the sampling loop over transformers' cache
    (the project's loop before `IncrementalDecoder`) against `generation.generate`.
+5. A PPO training mini-batch's log-probs, entropy and their backward (4 x 400 positions x 32128):
+   trl's `logprobs_from_logits` + `entropy_from_logits` against `logprobs.chosen_logprobs`, on
+   spread-out and on peaked logits (a trained model's: most terms hundreds of nats down).
 """
 
 from __future__ import annotations
@@ -89,6 +92,29 @@ def sampling(rows: int = 16, vocab: int = 32128) -> dict[str, float]:
     }
 
 
+def token_logprobs(rows: int = 4, length: int = 400, vocab: int = 32128) -> dict[str, float]:
+    from trl.core import entropy_from_logits, logprobs_from_logits
+
+    from flan_t5_detox.logprobs import chosen_logprobs
+
+    labels = torch.randint(0, vocab, (rows, length))
+    upstream = torch.randn(rows, length)
+
+    def trl_way(logits):
+        logprobs, _ = logprobs_from_logits(logits[:, :-1], labels), entropy_from_logits(logits[:, :-1])
+        logprobs.backward(upstream)
+
+    def ours(logits):
+        chosen_logprobs(logits, labels, with_entropy=True)[0].backward(upstream)
+
+    out = {}
+    for spread in (1.0, 20.0):
+        logits = (spread * torch.randn(rows, length + 1, vocab)).requires_grad_()
+        for name, fn in (("trl", trl_way), ("chosen_logprobs", ours)):
+            out[f"{name}, logits x{spread:g}, ms"] = round(_best_ms(fn, logits, repeats=3), 1)
+    return out
+
+
 class TransformersCacheDecoder:
     """IncrementalDecoder's interface over the model's own forward with `past_key_values`
     (what the sampling loop used before IncrementalDecoder)."""
@@ -142,6 +168,7 @@ def main() -> None:
         print(f"decoder step, {rows} row(s), ms:", decoder_steps(model.eval(), rows), flush=True)
     print("weight streaming, GB/s:", weight_streaming(), flush=True)
     print("sampling one token per row, 16 x 32128:", sampling(), flush=True)
+    print("log-probs + entropy + backward, 4 x 400 x 32128:", token_logprobs(), flush=True)
     tokenizer = models.load_tokenizer(fixtures / "base_model")
     print("rollout of 16 prompts (sum of budgets ~4200 tokens), s:", rollouts(model, tokenizer), flush=True)
 
