@@ -155,7 +155,7 @@ def measure_limits(out: Path) -> dict:
     """GEMM rates per dtype; fp32 both with MKL's default dispatch and with the kernels ours picks."""
     from flan_t5_detox import models
 
-    fast = models.mkl_cpu_type(models._cpuinfo("vendor_id"), models.cpu_flags())
+    fast = models.mkl_cpu_type()
     limits = {
         "float32 (MKL default)": run_worker(
             "limits", {"dtype": "float32"}, out, {"MKL_DEBUG_CPU_TYPE": None}

@@ -63,12 +63,15 @@ def pick_dtype(requested: str = "auto") -> torch.dtype:
 AVX512_CORE = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
 
-def mkl_cpu_type(vendor: str, flags: set[str]) -> str | None:
-    """The MKL_DEBUG_CPU_TYPE that unlocks MKL's fast kernels on this CPU, or None to leave MKL be.
+def mkl_cpu_type(vendor: str | None = None, flags: set[str] | None = None) -> str | None:
+    """The MKL_DEBUG_CPU_TYPE that unlocks MKL's fast kernels on a CPU (default: this one), or
+    None to leave MKL be.
 
     torch 1.13.1 ships MKL 2020.0, which runs slow generic kernels on AMD CPUs whatever their
     SIMD. Forcing its AVX-512 kernels (7) or AVX2 kernels (5) made fp32 GEMMs 5.4x / 2.7x
     faster on an AMD EPYC with AVX-512 (bench/RESULTS.md). Intel CPUs get the right kernels."""
+    vendor = _cpuinfo("vendor_id") if vendor is None else vendor
+    flags = cpu_flags() if flags is None else flags
     if vendor != "AuthenticAMD":
         return None
     if AVX512_CORE <= flags:
@@ -78,7 +81,7 @@ def mkl_cpu_type(vendor: str, flags: set[str]) -> str | None:
 
 def use_fast_mkl_kernels() -> None:
     """MKL reads the variable at its first call, so call this before any model computes."""
-    cpu_type = mkl_cpu_type(_cpuinfo("vendor_id"), cpu_flags())
+    cpu_type = mkl_cpu_type()
     if cpu_type:
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", cpu_type)
 

@@ -105,14 +105,14 @@ class TrimmedPPOTrainer(PPOTrainer):
 
 def _seq2seq_forward(model, inputs: dict[str, torch.Tensor], with_entropy: bool):
     """One right-padded mini-batch: (log-probs, entropy or None, values, masks), each (rows, length - 1)."""
-    logits, _, values = model(**inputs)
     tokens, attention = inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
-    logprobs, entropy = chosen_logprobs(logits, tokens[:, 1:], with_entropy)
-    # trl's masks for encoder-decoder models: position t predicts token t + 1; positions
-    # 1 .. (decoder length - 2) count, so the first response token is never trained on.
     lengths = attention.sum(1)
     if int(lengths.min()) < 4:
         raise ValueError("Responses are too short: PPO needs at least 3 tokens after the decoder start.")
+    logits, _, values = model(**inputs)
+    logprobs, entropy = chosen_logprobs(logits, tokens[:, 1:], with_entropy)
+    # trl's masks for encoder-decoder models: position t predicts token t + 1; positions
+    # 1 .. (decoder length - 2) count, so the first response token is never trained on.
     positions = torch.arange(tokens.shape[1] - 1)
     masks = ((positions >= 1) & (positions < (lengths - 1)[:, None])).to(attention.dtype)
     return logprobs, entropy, values[:, :-1], masks

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from flan_t5_detox import data, models
 from flan_t5_detox.config import TrainConfig
+from flan_t5_detox.generation import SamplingSettings, generate
 from flan_t5_detox.ppo import DetoxTrainer
 from flan_t5_detox.rewards import RewardModel
 
@@ -28,6 +31,13 @@ def tiny_splits(config: TrainConfig):
         config.input_max_text_length,
         config.test_size,
     )
+
+
+def eight_responses(trainer, seed: int, budgets=(4, 30, 9, 22, 6, 30, 14, 11)):
+    """The trainer's first eight queries and a seeded response to each, of mixed lengths."""
+    queries = trainer.query_ids[:8]
+    torch.manual_seed(seed)
+    return queries, generate(trainer.policy, trainer.tokenizer, queries, list(budgets), SamplingSettings())
 
 
 def tiny_trainer(tiny_models, config: TrainConfig, reward_fn=None) -> DetoxTrainer:

@@ -1,7 +1,7 @@
 import torch
 
 from flan_t5_detox.generation import LengthSampler, SamplingSettings, generate, trim_response
-from tests.helpers import tiny_config, tiny_trainer
+from tests.helpers import eight_responses, tiny_config, tiny_trainer
 
 
 def test_trim_keeps_start_token_and_cuts_after_first_eos():
@@ -34,11 +34,7 @@ def test_batched_generation_has_no_pads_after_eos_and_respects_budgets(tiny_mode
 def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
     """Padding must not leak: the same response gets the same per-token log-probs alone or in a batch."""
     trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=8))
-    queries = trainer.query_ids[:8]
-    torch.manual_seed(1)
-    responses = generate(
-        trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
-    )
+    queries, responses = eight_responses(trainer, seed=1)
     assert len({len(r) for r in responses}) > 2 and len({len(q) for q in queries}) > 2  # real padding happens
 
     def logprobs(qs, rs, fbs):

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from flan_t5_detox import checkpoint
-from flan_t5_detox.generation import SamplingSettings, generate
 from flan_t5_detox.ppo import TrainingDiverged
-from tests.helpers import tiny_config, tiny_trainer
+from tests.helpers import eight_responses, tiny_config, tiny_trainer
 
 
 def _even_token_share(_queries, _texts, responses):
@@ -128,10 +127,20 @@ def test_loss_and_gradients_equal_trl_own(tiny_models):
 
 def _batch_of_eight(tiny_models):
     trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
-    queries = trainer.query_ids[:8]
-    torch.manual_seed(3)
-    responses = generate(
-        trainer.policy, trainer.tokenizer, queries, [4, 30, 9, 22, 6, 30, 14, 11], SamplingSettings()
-    )
+    queries, responses = eight_responses(trainer, seed=3)
     padded = trainer.trl.prepare_model_inputs(queries, responses)  # as trl's step: the batch's width
     return trainer, queries, responses, padded
+
+
+def test_too_short_responses_are_refused_before_any_forward(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
+    queries = trainer.query_ids[:4]
+    responses = [
+        torch.tensor([0, 5, 6, 1]),
+        torch.tensor([0, 7, 1]),
+        torch.tensor([0, 8, 9, 1]),
+        torch.tensor([0, 4, 4, 1]),
+    ]
+    inputs = trainer.trl.prepare_model_inputs(queries, responses)
+    with pytest.raises(ValueError, match="too short"):
+        trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs)
