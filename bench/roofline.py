@@ -6,9 +6,11 @@ FLOPs count the matrix products the math needs, without padding: linear layers
 layer), the LM head, the LoRA products. Backward through frozen weights costs one
 forward (input gradients only), attention products two. Generation uses the KV
 cache: each new token runs the decoder on one position against its cached keys.
-Roofline time of a phase = max(FLOPs / peak GEMM rate, bytes that must stream from
-memory / bandwidth); the latter matters only for generation, whose longest
-response needs that many sequential decoder steps, each reading the decoder weights.
+Roofline time of a phase = FLOPs / peak GEMM rate, except for generation: its decoder
+steps are sequential, so its roofline is taken step by step (`generation_roofline`):
+each step needs at least the larger of its FLOPs at peak and the bytes it must read
+(the decoder weights once, plus the cached keys and values of every row still
+generating) at the measured read bandwidth.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ class T5Shape:
         per_layer = 6 * self.d * self.inner + 3 * self.d * self.ff
         return bytes_per_value * (self.dec_layers * per_layer + self.d * self.vocab)
 
+    def decode_step(self, t: int, sources: list[int], bytes_per_value: int) -> tuple[float, float]:
+        """(FLOPs, bytes read) of decoder step t for rows whose queries have these lengths: one
+        position per row against its t + 1 cached self-attention and its cross-attention keys
+        and values; the weights are read once for all rows."""
+        per_token = 2 * (6 * self.d * self.inner + 3 * self.d * self.ff) + self.lora(1, 3)
+        flops = len(sources) * (self.dec_layers * per_token + 2 * self.d * self.vocab)
+        flops += sum(self.dec_layers * 4 * (t + 1 + s) * self.inner for s in sources)
+        cached = sum(self.dec_layers * 2 * (t + 1 + s) * self.inner for s in sources)
+        return flops, self.decoder_weight_bytes(bytes_per_value) + bytes_per_value * cached
+
 
 @dataclass
 class RobertaShape:
@@ -98,9 +110,28 @@ def eval_flops(
     return {"generate": generate, "reward": sum(roberta.forward(n) for n in reward_tokens)}
 
 
-def generation_memory_bytes(response_tokens: list[int], bytes_per_value: int) -> float:
-    """Weights that must stream from memory: one decoder pass per step of the longest response."""
-    return max(response_tokens) * T5Shape().decoder_weight_bytes(bytes_per_value)
+def generation_roofline(
+    query_tokens: list[int],
+    response_tokens: list[int],
+    bytes_per_value: int,
+    peak_gflops: float,
+    memory_gbps: float,
+    lora: bool = True,
+) -> float:
+    """Least seconds for sampling these responses as one batch: the encoder and the
+    cross-attention projections at peak, then one decoder step per token of the longest
+    response, each at the larger of its FLOPs at peak and its bytes at the bandwidth. A row
+    takes part in steps 0 .. its length - 1 (the best schedule: finished rows do no work)."""
+    t5 = T5Shape() if lora else T5Shape(lora_r=0)
+    upfront = 0.0
+    for q in query_tokens:
+        upfront += sum(t5.encoder(q)) + t5.dec_layers * (2 * q * 2 * t5.d * t5.inner + t5.lora(q, 1))
+    seconds = upfront / (peak_gflops * 1e9)
+    for t in range(max(response_tokens)):
+        sources = [q for q, n in zip(query_tokens, response_tokens) if n > t]
+        flops, read = t5.decode_step(t, sources, bytes_per_value)
+        seconds += max(flops / (peak_gflops * 1e9), read / (memory_gbps * 1e9))
+    return seconds
 
 
 # -- measured limits -------------------------------------------------------------------------
@@ -134,4 +165,15 @@ def memory_gbps(trials: int = 10) -> float:
         start = time.perf_counter()
         dst.copy_(src)
         best = max(best, 2 * src.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return round(best, 1)
+
+
+def read_gbps(trials: int = 10) -> float:
+    """Best-of read bandwidth: summing a 256 MB buffer (generation's traffic is reads)."""
+    src = torch.ones(64 * 2**20)
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
+        src.sum()
+        best = max(best, src.numel() * 4 / (time.perf_counter() - start) / 1e9)
     return round(best, 1)

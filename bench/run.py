@@ -140,10 +140,14 @@ def worker(args) -> None:
     if args.worker == "limits":
         import torch
 
-        from .roofline import gemm_gflops, memory_gbps
+        from .roofline import gemm_gflops, memory_gbps, read_gbps
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-        result = {"gemm_gflops": gemm_gflops(getattr(torch, spec["dtype"])), "memory_gbps": memory_gbps()}
+        result = {
+            "gemm_gflops": gemm_gflops(getattr(torch, spec["dtype"])),
+            "memory_gbps": memory_gbps(),
+            "read_gbps": read_gbps(),
+        }
     else:
         from .contenders import WORKERS, Workload
 
@@ -170,22 +174,27 @@ def measure_limits(out: Path) -> dict:
 
 # -- report -----------------------------------------------------------------------------------
 def summarize(kind: str, result: dict, flops: dict, limits: dict, samples: int) -> dict:
-    from .roofline import generation_memory_bytes
+    from .roofline import generation_roofline
 
     dtype = result["notes"]["dtype"]
     limit = limits["float32" if dtype == "float32" else dtype]
     seconds = result["seconds"]
-    generated = sum(result["counts"]["response_tokens"])
+    counts = result["counts"]
+    generated = sum(counts["response_tokens"])
     phases = {}
     for phase in PHASES[kind]:
         # Both contenders run the reward model in fp32 (the pipeline's and RewardModel's default).
         phase_limit = limits["float32"] if phase == "reward" else limit
         roof = flops.get(phase, 0.0) / (phase_limit["peak_gflops"] * 1e9)
-        if phase == "generate":
-            bytes_needed = generation_memory_bytes(
-                result["counts"]["response_tokens"], 4 if dtype == "float32" else 2
+        if phase == "generate":  # step by step: each decoder step is bound by FLOPs or bytes
+            roof = generation_roofline(
+                counts["query_tokens"],
+                counts["response_tokens"],
+                4 if dtype == "float32" else 2,
+                limit["peak_gflops"],
+                limit.get("read_gbps", limit["memory_gbps"]),  # reports before read_gbps: copy
+                lora=kind == "ppo",  # evaluation runs the merged summarizer
             )
-            roof = max(roof, bytes_needed / (limit["memory_gbps"] * 1e9))
         phases[phase] = {
             "seconds": round(seconds.get(phase, 0.0), 3),
             "gflop": round(flops.get(phase, 0.0) / 1e9, 1),
@@ -284,7 +293,10 @@ def markdown(report: dict) -> str:
         + " ".join(f"`{k}={v}`" for k, v in m.get("contender_env", {}).items()),
         "",
         f"Measured peak GEMM (best of 10, all CPUs): {peaks}; copy bandwidth "
-        f"{limits['float32']['memory_gbps']} GB/s. Roofline columns use the phase's dtype.",
+        f"{limits['float32']['memory_gbps']} GB/s, read bandwidth "
+        f"{limits['float32'].get('read_gbps', '-')} GB/s. Roofline columns use the phase's dtype; "
+        "generation's roofline is taken per decoder step (FLOPs at peak or bytes read at the "
+        "read bandwidth, whichever is longer).",
         "",
         f"Workload: PPO batch {len(budgets)}, forced new tokens {min(budgets)}..{max(budgets)} "
         f"(sum {sum(budgets)}); evaluation {len(w['eval_prompts'])} samples x {w['eval_new_tokens']} tokens.",
