@@ -254,6 +254,13 @@ def _table(report: dict, kind: str) -> list[str]:
         values.append(" / ".join(_ratio(cells[c]["seconds"], cells[c]["roofline_seconds"]) for c in rows))
         lines.append(f"| {phase} | " + " | ".join(values) + " |")
     lines.append("")
+    reference = rows.get("ours") or next(iter(rows.values()))
+    gflop = sum(p["gflop"] for p in reference["phases"].values())
+    if kind == "ppo":
+        lines.append(f"- FLOPs of one PPO step: {gflop:.0f} GFLOP.")
+    else:
+        samples = len(report["workload"]["eval_prompts"])
+        lines.append(f"- FLOPs of one evaluation sample: {gflop / samples:.1f} GFLOP ({samples} samples).")
     for c, r in rows.items():
         lines.append(
             f"- {_label(report, c)}: dtype {r['dtype']}; {r['generated_tokens']} generated tokens; "
@@ -308,6 +315,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def save(report: dict, folder: Path, stem: str) -> None:
+    """JSON, Markdown and the roofline figure (PNG) of a report, side by side."""
+    from .figure import roofline_png
+
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    labels = {c: _label(report, c) for c in CONTENDERS}
+    (folder / f"{stem}.png").write_bytes(roofline_png(report, labels, PHASES))
+    (folder / f"{stem}.md").write_text(markdown(report) + f"\n![roofline]({stem}.png)\n")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -317,8 +334,7 @@ def main(argv=None) -> int:
         report = json.loads(args.rerender.read_text())
         for run, raw in report["raw"].items():
             report["results"][run] = _summary(run, raw, report)
-        args.rerender.write_text(json.dumps(report, indent=2))
-        args.rerender.with_suffix(".md").write_text(markdown(report))
+        save(report, args.rerender.parent, args.rerender.name.removesuffix(".json"))
         print(markdown(report))
         return 0
     from . import fixtures
@@ -349,8 +365,7 @@ def main(argv=None) -> int:
         print(run, json.dumps(report["results"][run]), flush=True)
         # Written after every run: a long last run does not hold the others' results hostage.
         stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
-        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-        (args.out / f"{stem}.md").write_text(markdown(report))
+        save(report, args.out, stem)
     print(markdown(report))
     return 0
 
