@@ -7,26 +7,26 @@ from __future__ import annotations
 
 import numpy as np
 
-CONTENDER_ORDER = ["notebook", "notebook_fp32", "ours"]
 COLOURS = {"notebook": "#c0504d", "notebook_fp32": "#e8a33d", "ours": "#4f81bd"}
 
 
-def _runs(report: dict, kind: str) -> dict[str, dict]:
+def _runs(report: dict, kind: str, contenders) -> dict[str, dict]:
     results = report["results"]
-    return {c: results[f"{c}:{kind}"] for c in CONTENDER_ORDER if f"{c}:{kind}" in results}
+    return {c: results[f"{c}:{kind}"] for c in contenders if f"{c}:{kind}" in results}
 
 
 def roofline_png(report: dict, labels: dict[str, str], phases: dict[str, list[str]]) -> bytes:
-    """PNG bytes; `labels` names each contender, `phases` lists each workload's phases."""
+    """PNG bytes; `labels` names each contender (in drawing order), `phases` lists each
+    workload's phases."""
     import io
 
     from matplotlib.figure import Figure  # no pyplot: no global state, always Agg
 
-    kinds = [k for k in phases if _runs(report, k)]
+    kinds = [k for k in phases if _runs(report, k, labels)]
     fig = Figure(figsize=(6.4 * len(kinds), 4.2), dpi=100, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(kinds)))
     for ax, kind in zip(axes, kinds):
-        runs = _runs(report, kind)
+        runs = _runs(report, kind, labels)
         shown = [p for p in phases[kind] if any(r["phases"][p]["roofline_seconds"] for r in runs.values())]
         x = np.arange(len(shown))
         width = 0.8 / len(runs)

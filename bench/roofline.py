@@ -41,33 +41,39 @@ class T5Shape:
         linear = 2 * n * (4 * self.d * self.inner + 3 * self.d * self.ff) + self.lora(n, 2)
         return self.enc_layers * linear, self.enc_layers * 4 * n * n * self.inner
 
+    @property
+    def decoder_layer_weights(self) -> int:
+        """Values per decoder layer used per position: self q,k,v,o; cross q,o; FF."""
+        return 6 * self.d * self.inner + 3 * self.d * self.ff
+
+    def cross_keys_values(self, s: int) -> float:
+        """FLOPs of the cross-attention k, v projections of s encoder tokens, all layers."""
+        return self.dec_layers * (2 * s * 2 * self.d * self.inner + self.lora(s, 1))
+
     def decoder(self, t: int, s: int) -> tuple[float, float]:
         """(linear, attention) FLOPs of a teacher-forced decoder pass: t positions, s encoder tokens."""
-        per_token = 6 * self.d * self.inner + 3 * self.d * self.ff  # self q,k,v,o; cross q,o; FF
-        linear = 2 * t * per_token + 2 * s * 2 * self.d * self.inner + self.lora(t, 3) + self.lora(s, 1)
+        linear = self.dec_layers * (2 * t * self.decoder_layer_weights + self.lora(t, 3))
         attention = 4 * t * t * self.inner + 4 * t * s * self.inner
-        return self.dec_layers * linear + 2 * t * self.d * self.vocab, self.dec_layers * attention
-
-    def decode(self, n: int, s: int) -> float:
-        """FLOPs of sampling n tokens one at a time with the KV cache (after the encoder)."""
-        per_token = 6 * self.d * self.inner + 3 * self.d * self.ff
-        linear = 2 * n * per_token + 2 * s * 2 * self.d * self.inner + self.lora(n, 3) + self.lora(s, 1)
-        attention = sum(4 * (t + 1) * self.inner + 4 * s * self.inner for t in range(n))
-        return self.dec_layers * (linear + attention) + 2 * n * self.d * self.vocab
-
-    def decoder_weight_bytes(self, bytes_per_value: int) -> float:
-        per_layer = 6 * self.d * self.inner + 3 * self.d * self.ff
-        return bytes_per_value * (self.dec_layers * per_layer + self.d * self.vocab)
+        head = 2 * t * self.d * self.vocab
+        return linear + self.cross_keys_values(s) + head, self.dec_layers * attention
 
     def decode_step(self, t: int, sources: list[int], bytes_per_value: int) -> tuple[float, float]:
         """(FLOPs, bytes read) of decoder step t for rows whose queries have these lengths: one
         position per row against its t + 1 cached self-attention and its cross-attention keys
         and values; the weights are read once for all rows."""
-        per_token = 2 * (6 * self.d * self.inner + 3 * self.d * self.ff) + self.lora(1, 3)
-        flops = len(sources) * (self.dec_layers * per_token + 2 * self.d * self.vocab)
+        per_token = self.dec_layers * (2 * self.decoder_layer_weights + self.lora(1, 3))
+        flops = len(sources) * (per_token + 2 * self.d * self.vocab)
         flops += sum(self.dec_layers * 4 * (t + 1 + s) * self.inner for s in sources)
         cached = sum(self.dec_layers * 2 * (t + 1 + s) * self.inner for s in sources)
         return flops, self.decoder_weight_bytes(bytes_per_value) + bytes_per_value * cached
+
+    def decode(self, n: int, s: int) -> float:
+        """FLOPs of sampling n tokens one at a time with the KV cache (after the encoder)."""
+        steps = sum(self.decode_step(t, [s], 0)[0] for t in range(n))
+        return self.cross_keys_values(s) + steps
+
+    def decoder_weight_bytes(self, bytes_per_value: int) -> float:
+        return bytes_per_value * (self.dec_layers * self.decoder_layer_weights + self.d * self.vocab)
 
 
 @dataclass
@@ -125,7 +131,7 @@ def generation_roofline(
     t5 = T5Shape() if lora else T5Shape(lora_r=0)
     upfront = 0.0
     for q in query_tokens:
-        upfront += sum(t5.encoder(q)) + t5.dec_layers * (2 * q * 2 * t5.d * t5.inner + t5.lora(q, 1))
+        upfront += sum(t5.encoder(q)) + t5.cross_keys_values(q)
     seconds = upfront / (peak_gflops * 1e9)
     for t in range(max(response_tokens)):
         sources = [q for q, n in zip(query_tokens, response_tokens) if n > t]
