@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from flan_t5_detox import checkpoint
-from flan_t5_detox.ppo import TrainingDiverged
+from flan_t5_detox import checkpoint, ppo
+from flan_t5_detox.ppo import TrainingDiverged, length_groups
 from tests.helpers import eight_responses, tiny_config, tiny_trainer
 
 
@@ -66,13 +66,31 @@ def test_exploding_kl_aborts(tiny_models):
     assert trainer.last_good.step == 1
 
 
-def test_trimmed_forward_passes_equal_trl_own(tiny_models):
+def test_length_groups_bound_rows_and_padding():
+    lengths = [(10, 100), (12, 104), (10, 106), (10, 300), (10, 300), (10, 300), (10, 300), (10, 300)]
+    groups = length_groups(lengths, max_rows=4)
+    assert groups == [[0, 1, 2], [3, 4, 5, 6], [7]]
+    for group in groups:
+        padded = len(group) * (max(lengths[i][0] for i in group) + max(lengths[i][1] for i in group))
+        assert padded <= 1.1 * sum(sum(lengths[i]) for i in group)
+    assert length_groups(lengths, max_rows=1) == [[i] for i in range(8)]
+    # the padding a short query would take on next to a long one counts too
+    assert length_groups([(10, 100), (60, 100)], max_rows=4) == [[0], [1]]
+
+
+# 0: every row alone; 10: whole mini-batches, as trl groups them
+GROUPINGS = pytest.mark.parametrize("padding", [0.0, 10.0])
+
+
+@GROUPINGS
+def test_trimmed_forward_passes_equal_trl_own(tiny_models, monkeypatch, padding):
     """Same log-probs, values and masks as trl's padded passes, for the scoring passes (whole
     batch, several mini-batches) and a training pass (one mini-batch); where trl returns the
-    logits, the training pass returns their per-token entropy."""
+    logits, the training pass returns their per-token entropy. Rows alone or grouped."""
     from trl import PPOTrainer
     from trl.core import entropy_from_logits
 
+    monkeypatch.setattr(ppo, "GROUP_PADDING", padding)
     trainer, queries, responses, padded = _batch_of_eight(tiny_models)
     for rows in (list(range(8)), [6, 0, 2, 7]):  # the mini-batch holds none of the longest responses
         qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
@@ -89,11 +107,13 @@ def test_trimmed_forward_passes_equal_trl_own(tiny_models):
             torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=1e-5)
 
 
-def test_loss_and_gradients_equal_trl_own(tiny_models):
+@GROUPINGS
+def test_loss_and_gradients_equal_trl_own(tiny_models, monkeypatch, padding):
     """One training mini-batch through our pass + loss and through trl's: the same losses,
-    statistics (entropy included) and gradients."""
+    statistics (entropy included) and gradients, whether its rows run alone or together."""
     from trl import PPOTrainer
 
+    monkeypatch.setattr(ppo, "GROUP_PADDING", padding)
     trainer, queries, responses, padded = _batch_of_eight(tiny_models)
     rows = [1, 4, 5, 3]
     qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
@@ -119,7 +139,10 @@ def test_loss_and_gradients_equal_trl_own(tiny_models):
     torch.testing.assert_close(ours_v, trl_v)
     assert ours_stats.keys() == trl_stats.keys()
     for key in trl_stats:
-        torch.testing.assert_close(ours_stats[key], trl_stats[key], atol=1e-5, rtol=1e-4, msg=key)
+        ours_stat, trl_stat = ours_stats[key], trl_stats[key]
+        if key == "policy/ratio":  # per position, padding included: only the masked-in ones mean anything
+            ours_stat, trl_stat = ours_stat[masks.bool()], trl_stat[masks.bool()]
+        torch.testing.assert_close(ours_stat, trl_stat, atol=1e-5, rtol=1e-4, msg=key)
     assert ours_grads.keys() == trl_grads.keys() and len(trl_grads) > 0
     for name in trl_grads:
         torch.testing.assert_close(ours_grads[name], trl_grads[name], atol=1e-6, rtol=1e-4, msg=name)
