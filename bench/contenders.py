@@ -16,6 +16,8 @@ and the reward pipeline truncates to the classifier's 512-token window
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import time
 from collections import defaultdict
@@ -46,11 +48,21 @@ class Workload:
     notebook_dtype: str = "bfloat16"
 
 
+# Where a worker keeps the phases it has finished, for a run the parent stops (--worker-timeout).
+PARTIAL_RESULT_ENV = "BENCH_PARTIAL_RESULT"
+
+
 @dataclass
 class Measurement:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     counts: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    started_at: float | None = None  # wall clock when the first timed phase began
+
+    def save_partial(self) -> None:
+        path = os.environ.get(PARTIAL_RESULT_ENV)
+        if path:
+            Path(path).write_text(json.dumps({"seconds": self.seconds, "started_at": self.started_at}))
 
     def result(self) -> dict:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -67,10 +79,14 @@ class Timer:
         self.measurement, self.phase = measurement, phase
 
     def __enter__(self):
+        if self.measurement.started_at is None:
+            self.measurement.started_at = time.time()
+            self.measurement.save_partial()
         self.start = time.perf_counter()
 
     def __exit__(self, *exc):
         self.measurement.seconds[self.phase] += time.perf_counter() - self.start
+        self.measurement.save_partial()
 
 
 def instrument_trl(trainer, m: Measurement) -> None:

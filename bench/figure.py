@@ -31,7 +31,8 @@ def roofline_png(report: dict, labels: dict[str, str], phases: dict[str, list[st
         x = np.arange(len(shown))
         width = 0.8 / len(runs)
         for i, (contender, run) in enumerate(runs.items()):
-            seconds = [run["phases"][p]["seconds"] for p in shown]
+            # a stopped run's unfinished phases draw no bar
+            seconds = [run["phases"][p]["seconds"] or np.nan for p in shown]
             ax.bar(x + (i - (len(runs) - 1) / 2) * width, seconds, width, label=labels[contender],
                    color=COLOURS[contender])  # fmt: skip
         # The roofline is a property of the work, the same for every contender: ours' counts.

@@ -54,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--limits-from", type=Path, help="reuse the machine limits of an earlier report (quick runs)"
     )
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        help="stop a run after this many seconds and report a lower bound (the notebook's bf16 PPO "
+        "step takes hours where bf16 is emulated)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--rerender", type=Path, help="recompute the summary and Markdown of a saved report JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -111,8 +117,16 @@ def loadavg() -> str:
 
 
 # -- processes --------------------------------------------------------------------------------
-def run_worker(name: str, spec: dict, out: Path, env: dict | None = None) -> dict:
+def run_worker(
+    name: str, spec: dict, out: Path, env: dict | None = None, timeout: float | None = None
+) -> dict:
+    """The worker's result; for a worker stopped at `timeout`, {"stopped": ...}: how long its timed
+    work had run (a lower bound on its time) and the phases it had finished."""
+    from .contenders import PARTIAL_RESULT_ENV
+
     spec_path, result_path = out / f".{name}.spec.json", out / f".{name}.result.json"
+    partial_path = out / f".{name}.partial.json"
+    partial_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec))
     cmd = [
         sys.executable,
@@ -125,12 +139,24 @@ def run_worker(name: str, spec: dict, out: Path, env: dict | None = None) -> dic
         "--result",
         str(result_path),
     ]
-    full_env = dict(os.environ)
+    full_env = {**os.environ, PARTIAL_RESULT_ENV: str(partial_path)}
     for key, value in (env or {}).items():  # None removes a variable
         full_env.pop(key, None) if value is None else full_env.update({key: value})
     load_before = loadavg()
-    subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent, env=full_env)
-    result = json.loads(result_path.read_text())
+    try:
+        subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent, env=full_env, timeout=timeout)
+        result = json.loads(result_path.read_text())
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
+        partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+        started = partial.get("started_at")
+        result = {
+            "stopped": {
+                "worker_timeout_s": timeout,
+                "timed_work_s": round(time.time() - started, 1) if started else None,
+                "finished_phases": partial.get("seconds", {}),
+            }
+        }
+        print(f"{name}: stopped after {timeout:g} s; {json.dumps(result['stopped'])}", flush=True)
     result["loadavg_1min"] = [load_before, loadavg()]
     return result
 
@@ -155,20 +181,34 @@ def worker(args) -> None:
     args.result.write_text(json.dumps(result, indent=2))
 
 
-def measure_limits(out: Path) -> dict:
-    """GEMM rates per dtype; fp32 both with MKL's default dispatch and with the kernels ours picks."""
+LIMITS = ["float32 (MKL default)", "float32", "bfloat16"]
+
+
+def measure_limits(out: Path, names=LIMITS) -> dict:
+    """GEMM rates and bandwidth per dtype; fp32 both with MKL's default dispatch and with the
+    kernels ours picks."""
     from flan_t5_detox import models
 
-    fast = models.mkl_cpu_type()
-    limits = {
-        "float32 (MKL default)": run_worker(
-            "limits", {"dtype": "float32"}, out, {"MKL_DEBUG_CPU_TYPE": None}
-        ),
-        "float32": run_worker("limits", {"dtype": "float32"}, out, {"MKL_DEBUG_CPU_TYPE": fast}),
-        "bfloat16": run_worker("limits", {"dtype": "bfloat16"}, out),
+    settings = {
+        "float32 (MKL default)": ({"dtype": "float32"}, {"MKL_DEBUG_CPU_TYPE": None}),
+        "float32": ({"dtype": "float32"}, {"MKL_DEBUG_CPU_TYPE": models.mkl_cpu_type()}),
+        "bfloat16": ({"dtype": "bfloat16"}, {}),
     }
+    limits = {name: run_worker("limits", *settings[name], out) for name in names}
     for entry in limits.values():
         entry["peak_gflops"] = max(entry["gemm_gflops"].values())
+    return limits
+
+
+def roofline_limits(report: dict) -> dict:
+    """The limits the roofline uses: fp32 is measured before and after the contenders (this VM's
+    speed drifts by tens of percent over hours), and the better of the two readings counts, so
+    no contender is compared against a slow moment of the machine."""
+    limits = {name: dict(entry) for name, entry in report["limits"].items()}
+    for name, after in report.get("limits_after", {}).items():
+        for key in ("peak_gflops", "memory_gbps", "read_gbps"):
+            if key in after:
+                limits[name][key] = max(limits[name].get(key, 0.0), after[key])
     return limits
 
 
@@ -219,11 +259,35 @@ def summarize(kind: str, result: dict, flops: dict, limits: dict, samples: int) 
 def _summary(run: str, raw: dict, report: dict) -> dict:
     from .roofline import eval_flops, ppo_step_flops
 
+    if "stopped" in raw:
+        return stopped_summary(run.split(":")[1], raw)
     kind, counts, w = run.split(":")[1], raw["counts"], report["workload"]
     count_fn = ppo_step_flops if kind == "ppo" else eval_flops
     flops = count_fn(counts["query_tokens"], counts["response_tokens"], counts["reward_tokens"])
     samples = len(w["budgets"]) if kind == "ppo" else len(w["eval_prompts"])
-    return summarize(kind, raw, flops, report["limits"], samples)
+    return summarize(kind, raw, flops, roofline_limits(report), samples)
+
+
+def stopped_summary(kind: str, raw: dict) -> dict:
+    """A run stopped at --worker-timeout: its finished phases, and a lower bound on its total."""
+    finished = raw["stopped"]["finished_phases"]
+    return {
+        "stopped": raw["stopped"],
+        "phases": {
+            phase: {
+                "seconds": round(finished[phase], 3) if phase in finished else None,
+                "gflop": 0.0,
+                "roofline_seconds": None,
+                "x_roofline": None,
+            }
+            for phase in PHASES[kind]
+        },
+        "total_seconds": None,
+        "more_than_seconds": raw["stopped"]["timed_work_s"],
+        "roofline_seconds": None,
+        "loadavg_1min": raw["loadavg_1min"],
+        "dtype": "-",
+    }
 
 
 CONTENDERS = ["notebook", "notebook_fp32", "ours"]
@@ -245,9 +309,11 @@ def _table(report: dict, kind: str) -> list[str]:
     lines = ["| phase | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for phase in PHASES[kind] + ["total"]:
         cells = {c: _cell(r, phase) for c, r in rows.items()}
-        values = [f"{cells[c]['seconds']:.1f}" for c in rows]
+        values = [_seconds(cells[c]) for c in rows]
         if ours:
-            values += [_ratio(cells[c]["seconds"], cells["ours"]["seconds"]) for c in others]
+            values += [
+                _ratio(cells[c]["seconds"], cells["ours"]["seconds"], cells[c]["lower_bound"]) for c in others
+            ]
         reference = cells["ours" if ours else others[0]]
         values.append(f"{reference['gflop']:.0f}" if reference["gflop"] else "-")
         values.append(f"{reference['roofline_seconds']:.1f}" if reference["roofline_seconds"] else "-")
@@ -262,6 +328,14 @@ def _table(report: dict, kind: str) -> list[str]:
         samples = len(report["workload"]["eval_prompts"])
         lines.append(f"- FLOPs of one evaluation sample: {gflop / samples:.1f} GFLOP ({samples} samples).")
     for c, r in rows.items():
+        if "stopped" in r:
+            lines.append(
+                f"- {_label(report, c)}: **stopped** by --worker-timeout "
+                f"{r['stopped']['worker_timeout_s']:g} s (the worker's loading included), "
+                f"{r['more_than_seconds']} s into its timed work; "
+                "'not reached' marks the phases it had not finished"
+            )
+            continue
         lines.append(
             f"- {_label(report, c)}: dtype {r['dtype']}; {r['generated_tokens']} generated tokens; "
             f"{r['generate_tokens_per_s']} tokens/s in generation, {r['tokens_per_s']} tokens/s overall; "
@@ -272,23 +346,42 @@ def _table(report: dict, kind: str) -> list[str]:
 
 
 def _cell(result: dict, phase: str) -> dict:
+    """seconds, GFLOP and roofline seconds of one table cell; `lower_bound` for a stopped run's total."""
     if phase == "total":
+        stopped = "stopped" in result
         return {
-            "seconds": result["total_seconds"],
+            "seconds": result["more_than_seconds"] if stopped else result["total_seconds"],
+            "lower_bound": stopped,
             "gflop": None,
             "roofline_seconds": result["roofline_seconds"],
         }
-    return result["phases"][phase]
+    return {**result["phases"][phase], "lower_bound": False}
 
 
-def _ratio(numerator, denominator) -> str:
-    return f"{numerator / denominator:.1f}x" if numerator and denominator else "-"
+def _seconds(cell: dict) -> str:
+    if cell["seconds"] is None:
+        return "not reached"
+    return f"> {cell['seconds']:.0f}" if cell["lower_bound"] else f"{cell['seconds']:.1f}"
+
+
+def _ratio(numerator, denominator, lower_bound: bool = False) -> str:
+    if not (numerator and denominator):
+        return "-"
+    return f"{'> ' if lower_bound else ''}{numerator / denominator:.1f}x"
 
 
 def markdown(report: dict) -> str:
     m, w, limits = report["machine"], report["workload"], report["limits"]
     budgets = w["budgets"]
     peaks = "; ".join(f"{name} {v['peak_gflops']} GFLOP/s" for name, v in limits.items())
+    after = report.get("limits_after", {}).get("float32")
+    if after:
+        used = roofline_limits(report)["float32"]
+        peaks += (
+            f". Measured again after the contenders, float32: {after['peak_gflops']} GFLOP/s, copy "
+            f"{after['memory_gbps']} GB/s, read {after['read_gbps']} GB/s; the roofline takes the better "
+            f"reading of each ({used['peak_gflops']} GFLOP/s, read {used['read_gbps']} GB/s)"
+        )
     lines = [
         f"# Benchmark {report['started']}",
         "",
@@ -299,9 +392,9 @@ def markdown(report: dict) -> str:
         "Every contender ran with the job image's malloc settings: "
         + " ".join(f"`{k}={v}`" for k, v in m.get("contender_env", {}).items()),
         "",
-        f"Measured peak GEMM (best of 10, all CPUs): {peaks}; copy bandwidth "
+        f"Measured peak GEMM before the contenders (best of 10, all CPUs): copy bandwidth "
         f"{limits['float32']['memory_gbps']} GB/s, read bandwidth "
-        f"{limits['float32'].get('read_gbps', '-')} GB/s. Roofline columns use the phase's dtype; "
+        f"{limits['float32'].get('read_gbps', '-')} GB/s; {peaks}. Roofline columns use the phase's dtype; "
         "generation's roofline is taken per decoder step (FLOPs at peak or bytes read at the "
         "read bandwidth, whichever is longer).",
         "",
@@ -354,17 +447,24 @@ def main(argv=None) -> int:
         "raw": {},
     }
     print(json.dumps(report["limits"], indent=1), flush=True)
+    stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
     for run in args.runs.split(","):
         contender, kind = run.split(":")
         spec = dataclasses.asdict(workload)
         if contender == "notebook_fp32":  # the notebook's loop in fp32 with ours' MKL kernels
             spec["notebook_dtype"] = "float32"
-        raw = run_worker(f"{contender.split('_')[0]}_{kind}", spec, args.out, image_env())
+        name = f"{contender.split('_')[0]}_{kind}"
+        raw = run_worker(name, spec, args.out, image_env(), args.worker_timeout)
         report["raw"][run] = raw
         report["results"][run] = _summary(run, raw, report)
         print(run, json.dumps(report["results"][run]), flush=True)
         # Written after every run: a long last run does not hold the others' results hostage.
-        stem = f"bench-{started.replace(':', '')}-scale{args.scale:g}"
+        save(report, args.out, stem)
+    if not args.limits_from:
+        report["limits_after"] = measure_limits(args.out, ["float32"])
+        print(json.dumps(report["limits_after"], indent=1), flush=True)
+        for run, raw in report["raw"].items():
+            report["results"][run] = _summary(run, raw, report)
         save(report, args.out, stem)
     print(markdown(report))
     return 0
