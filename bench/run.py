@@ -194,7 +194,10 @@ def measure_limits(out: Path, names=LIMITS) -> dict:
         "float32": ({"dtype": "float32"}, {"MKL_DEBUG_CPU_TYPE": models.mkl_cpu_type()}),
         "bfloat16": ({"dtype": "bfloat16"}, {}),
     }
-    limits = {name: run_worker("limits", *settings[name], out) for name in names}
+    limits = {}
+    for name in names:
+        spec, env = settings[name]
+        limits[name] = run_worker("limits", spec, out, env)
     for entry in limits.values():
         entry["peak_gflops"] = max(entry["gemm_gflops"].values())
     return limits
