@@ -377,13 +377,18 @@ def markdown(report: dict) -> str:
     m, w, limits = report["machine"], report["workload"], report["limits"]
     budgets = w["budgets"]
     peaks = "; ".join(f"{name} {v['peak_gflops']} GFLOP/s" for name, v in limits.items())
+    measured = (
+        f"Measured before the contenders (best of 10, all CPUs): peak GEMM {peaks}; copy bandwidth "
+        f"{limits['float32']['memory_gbps']} GB/s, read bandwidth "
+        f"{limits['float32'].get('read_gbps', '-')} GB/s."
+    )
     after = report.get("limits_after", {}).get("float32")
     if after:
         used = roofline_limits(report)["float32"]
-        peaks += (
-            f". Measured again after the contenders, float32: {after['peak_gflops']} GFLOP/s, copy "
-            f"{after['memory_gbps']} GB/s, read {after['read_gbps']} GB/s; the roofline takes the better "
-            f"reading of each ({used['peak_gflops']} GFLOP/s, read {used['read_gbps']} GB/s)"
+        measured += (
+            f" After them, float32: {after['peak_gflops']} GFLOP/s, copy {after['memory_gbps']} GB/s, "
+            f"read {after['read_gbps']} GB/s. The roofline takes the better reading of each "
+            f"({used['peak_gflops']} GFLOP/s, read {used['read_gbps']} GB/s)."
         )
     lines = [
         f"# Benchmark {report['started']}",
@@ -395,10 +400,8 @@ def markdown(report: dict) -> str:
         "Every contender ran with the job image's malloc settings: "
         + " ".join(f"`{k}={v}`" for k, v in m.get("contender_env", {}).items()),
         "",
-        f"Measured peak GEMM before the contenders (best of 10, all CPUs): copy bandwidth "
-        f"{limits['float32']['memory_gbps']} GB/s, read bandwidth "
-        f"{limits['float32'].get('read_gbps', '-')} GB/s; {peaks}. Roofline columns use the phase's dtype; "
-        "generation's roofline is taken per decoder step (FLOPs at peak or bytes read at the "
+        measured + " Roofline columns use the phase's dtype; generation's roofline is taken per "
+        "decoder step (FLOPs at peak or bytes read at the "
         "read bandwidth, whichever is longer).",
         "",
         f"Workload: PPO batch {len(budgets)}, forced new tokens {min(budgets)}..{max(budgets)} "
