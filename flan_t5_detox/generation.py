@@ -74,10 +74,47 @@ def _draw(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
+def _seq2seq(model):
+    return model.pretrained_model if hasattr(model, "v_head") else model  # trl's value-head wrapper
+
+
 @torch.no_grad()
-def _sample(seq2seq, input_ids, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
+def encode(model, tokenizer, queries: list[torch.Tensor], batch_size: int = 0) -> list[torch.Tensor]:
+    """Each query's encoder states, (query length, d_model), in batches of `batch_size` (0 = all).
+
+    Rows are right-padded within a batch and padding is masked, so a row's states do not
+    depend on its batch; `generate` and the PPO scoring pass can both take them."""
+    encoder = _seq2seq(model).get_encoder()
+    batch_size = batch_size or len(queries)
+    states: list[torch.Tensor] = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        mask = _right_padding_mask(chunk)
+        input_ids = torch.full(mask.shape, tokenizer.pad_token_id)
+        for i, q in enumerate(chunk):
+            input_ids[i, : len(q)] = q
+        hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        states.extend(hidden[i, : len(q)] for i, q in enumerate(chunk))
+    return states
+
+
+def _right_padding_mask(rows: list[torch.Tensor]) -> torch.Tensor:
+    lengths = torch.tensor([len(r) for r in rows])
+    return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
+
+
+def pad_states(states: list[torch.Tensor], length: int | None = None) -> torch.Tensor:
+    """(rows, length, d_model), zeros after each row's own states (positions its mask hides)."""
+    length = length or max(len(s) for s in states)
+    padded = states[0].new_zeros(len(states), length, states[0].shape[-1])
+    for i, row in enumerate(states):
+        padded[i, : len(row)] = row
+    return padded
+
+
+@torch.no_grad()
+def _sample(seq2seq, encoded, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
     """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
-    encoded = seq2seq.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     decoder = IncrementalDecoder(seq2seq, encoded, attention_mask, max(budgets))
     rows = torch.arange(len(budgets))  # original index of each row still generating
     left = torch.tensor(budgets)
@@ -106,21 +143,27 @@ def generate(
     budgets: list[int],
     settings: SamplingSettings,
     batch_size: int = 0,
+    encoder_states: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Sample one response per query (decoder start token first), in batches of `batch_size` (0 = all)."""
-    seq2seq = model.pretrained_model if hasattr(model, "v_head") else model  # trl's value-head wrapper
+    """Sample one response per query (decoder start token first), in batches of `batch_size` (0 = all).
+
+    `encoder_states` (from `encode`, same model and queries) saves running the encoder again."""
+    seq2seq = _seq2seq(model)
     start_id = seq2seq.config.decoder_start_token_id
     processors = _processors(settings, tokenizer.eos_token_id)
     batch_size = batch_size or len(queries)
     responses: list[torch.Tensor] = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
-        encoded = tokenizer.pad({"input_ids": [q.tolist() for q in chunk]}, return_tensors="pt")
+        if encoder_states is None:
+            states = encode(model, tokenizer, chunk)
+        else:
+            states = encoder_states[start : start + batch_size]
         responses.extend(
             _sample(
                 seq2seq,
-                encoded["input_ids"],
-                encoded["attention_mask"],
+                pad_states(states),
+                _right_padding_mask(chunk),
                 budgets[start : start + batch_size],
                 processors,
                 start_id,

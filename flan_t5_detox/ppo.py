@@ -11,17 +11,19 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 from trl import PPOConfig, PPOTrainer
 from trl.core import masked_mean
 
 from . import checkpoint
 from .config import TrainConfig
 from .data import BatchOrder, Example
-from .generation import LengthSampler, SamplingSettings, decode, generate
+from .generation import LengthSampler, SamplingSettings, decode, encode, generate, pad_states
 from .logprobs import chosen_logprobs
 
 # A reward function maps (query texts, response texts, response token ids) to one score each.
@@ -68,11 +70,42 @@ class TrimmedPPOTrainer(PPOTrainer):
       `length_groups`. Padding is on the right and masked, rows never interact, and results
       come back in the caller's order and width; a training mini-batch is still one loss
       and one backward over all its rows;
+    - the policy's scoring pass takes the rollout's encoder states (`reusing_encoder_states`)
+      instead of running the encoder again: same weights, same queries. The reference pass
+      (adapter off: the LoRA is on the encoder too) and training passes run the encoder;
     - log-probs and the entropy come from `logprobs.chosen_logprobs`, not from a full
       log-softmax (and, for the entropy statistic, three more full-vocabulary passes in
       `loss`). In the slot where trl returns the logits, training passes get the per-token
       entropy, which `loss` reports as `policy/entropy`.
     """
+
+    _rollout: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # queries, encoder states
+
+    @contextmanager
+    def reusing_encoder_states(self, queries: list[torch.Tensor], states: list[torch.Tensor]):
+        """Within this block, the policy's no-grad passes over these queries take these encoder
+        states (computed by the policy as it is now: leave the block before any update)."""
+        self._rollout = (queries, states)
+        try:
+            yield
+        finally:
+            self._rollout = None
+
+    def _rollout_states(self, model, rows: list[tuple[int, torch.Tensor]], length: int):
+        """The rollout's encoder states for these (batch position, query) rows, padded to `length`
+        (trl scores the batch in the rollout's order), or None where they may differ: with
+        grad, with the adapter off, or for other queries."""
+        if self._rollout is None or torch.is_grad_enabled():
+            return None
+        if any(getattr(module, "disable_adapters", False) for module in model.modules()):
+            return None
+        rollout_queries, states = self._rollout
+        found = []
+        for i, query in rows:
+            if i >= len(rollout_queries) or not torch.equal(query, rollout_queries[i]):
+                return None
+            found.append(states[i])
+        return pad_states(found, length)
 
     def batched_forward_pass(self, model, queries, responses, model_inputs, return_logits=False):
         if self.tokenizer.padding_side != "right" or "decoder_input_ids" not in model_inputs:
@@ -85,7 +118,9 @@ class TrimmedPPOTrainer(PPOTrainer):
         ):
             rows = [order[i] for i in rows]
             inputs = _trim_padding({k: v[rows] for k, v in model_inputs.items()})
-            part = _seq2seq_forward(model, inputs, with_entropy=return_logits)
+            length = inputs["attention_mask"].shape[1]
+            encoded = self._rollout_states(model, [(i, queries[i]) for i in rows], length)
+            part = _seq2seq_forward(model, inputs, return_logits, encoded)
             parts.append([None if t is None else _pad_to(t, width) for t in part])
         back = torch.tensor(order).argsort()  # to the caller's row order
         logprobs, entropy, values, masks = (
@@ -138,12 +173,15 @@ def _real(lengths: list[tuple[int, int]], rows: list[int]) -> int:
     return sum(lengths[j][0] + lengths[j][1] for j in rows)
 
 
-def _seq2seq_forward(model, inputs: dict[str, torch.Tensor], with_entropy: bool):
-    """One right-padded mini-batch: (log-probs, entropy or None, values, masks), each (rows, length - 1)."""
+def _seq2seq_forward(model, inputs: dict[str, torch.Tensor], with_entropy: bool, encoded=None):
+    """One right-padded mini-batch: (log-probs, entropy or None, values, masks), each (rows, length - 1).
+    `encoded`: the rows' encoder states, if already known."""
     tokens, attention = inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
     lengths = attention.sum(1)
     if int(lengths.min()) < 4:
         raise ValueError("Responses are too short: PPO needs at least 3 tokens after the decoder start.")
+    if encoded is not None:
+        inputs = {**inputs, "encoder_outputs": BaseModelOutput(last_hidden_state=encoded)}
     logits, _, values = model(**inputs)
     logprobs, entropy = chosen_logprobs(logits, tokens[:, 1:], with_entropy)
     # trl's masks for encoder-decoder models: position t predicts token t + 1; positions
@@ -221,13 +259,11 @@ class DetoxTrainer:
 
         t0 = time.perf_counter()
         self.policy.eval()
+        batch_size = self.config.generation_batch_size
+        encoded = encode(self.policy, self.tokenizer, queries, batch_size)
+        budgets = self.lengths.sample(len(queries))
         responses = generate(
-            self.policy,
-            self.tokenizer,
-            queries,
-            self.lengths.sample(len(queries)),
-            self.sampling,
-            self.config.generation_batch_size,
+            self.policy, self.tokenizer, queries, budgets, self.sampling, batch_size, encoded
         )
         t1 = time.perf_counter()
         response_texts = decode(self.tokenizer, responses)
@@ -236,7 +272,8 @@ class DetoxTrainer:
         if not torch.isfinite(scores).all():
             raise TrainingDiverged(f"non-finite rewards at step {self.step + 1}")
 
-        stats = self.trl.step(queries, responses, list(scores))
+        with self.trl.reusing_encoder_states(queries, encoded):
+            stats = self.trl.step(queries, responses, list(scores))
         t3 = time.perf_counter()
 
         kl = float(stats["objective/kl"])

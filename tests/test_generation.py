@@ -1,6 +1,6 @@
 import torch
 
-from flan_t5_detox.generation import LengthSampler, SamplingSettings, generate, trim_response
+from flan_t5_detox.generation import LengthSampler, SamplingSettings, encode, generate, trim_response
 from tests.helpers import eight_responses, tiny_config, tiny_trainer
 
 
@@ -61,3 +61,20 @@ def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token(
     assert first[1] == 0 and first[4] == 0
     torch.testing.assert_close(first, probs[0], atol=0.015, rtol=0)  # 4+ standard errors
     assert (draws[1] == 4).all()
+
+
+def test_encoder_states_computed_once_give_the_same_responses(tiny_models):
+    """`encode` then `generate(encoder_states=...)`, as a PPO step does, samples exactly what
+    `generate` samples with its own encoder pass, in one batch or several."""
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    queries, budgets = trainer.query_ids[:6], [9, 4, 12, 7, 12, 5]
+    for batch_size in (0, 4):
+        torch.manual_seed(0)
+        own = generate(trainer.policy, trainer.tokenizer, queries, budgets, SamplingSettings(), batch_size)
+        states = encode(trainer.policy, trainer.tokenizer, queries, batch_size)
+        assert [len(s) for s in states] == [len(q) for q in queries]
+        torch.manual_seed(0)
+        given = generate(
+            trainer.policy, trainer.tokenizer, queries, budgets, SamplingSettings(), batch_size, states
+        )
+        assert all(torch.equal(a, b) for a, b in zip(own, given))
