@@ -90,20 +90,23 @@ def ppo_step_flops(
     query_tokens: list[int], response_tokens: list[int], reward_tokens: list[int]
 ) -> dict[str, float]:
     """FLOPs per phase of one PPO step (ppo_epochs=1): rollout, reward, two scoring passes
-    (policy, reference), one training forward and its backward."""
+    (policy, reference), one training forward and its backward. The least work: the policy's
+    scoring pass needs no encoder (the rollout's encoder states are the same), the reference's
+    does (its adapter is off, and the LoRA is on the encoder too)."""
     t5, roberta = T5Shape(), RobertaShape()
-    generate = score = backward = 0.0
+    generate = encoder = decoder = backward = 0.0
     for q, n in zip(query_tokens, response_tokens):
         enc_lin, enc_att = t5.encoder(q)
         dec_lin, dec_att = t5.decoder(n + 1, q)  # + the decoder start token
         generate += enc_lin + enc_att + t5.decode(n, q)
-        score += enc_lin + enc_att + dec_lin + dec_att
+        encoder += enc_lin + enc_att
+        decoder += dec_lin + dec_att
         backward += enc_lin + 2 * enc_att + dec_lin + 2 * dec_att
     return {
         "generate": generate,
         "reward": sum(roberta.forward(n) for n in reward_tokens),
-        "ppo_score": 2 * score,
-        "ppo_train_forward": score,
+        "ppo_score": encoder + 2 * decoder,
+        "ppo_train_forward": encoder + decoder,
         "ppo_backward": backward,
     }
 
