@@ -33,7 +33,10 @@ def roofline_png(report: dict, labels: dict[str, str], phases: dict[str, list[st
         for i, (contender, run) in enumerate(runs.items()):
             # a stopped run's unfinished phases draw no bar
             seconds = [run["phases"][p]["seconds"] or np.nan for p in shown]
-            ax.bar(x + (i - (len(runs) - 1) / 2) * width, seconds, width, label=labels[contender],
+            label = labels[contender]
+            if "stopped" in run:
+                label += f" (stopped after {run['more_than_seconds']:.0f} s)"
+            ax.bar(x + (i - (len(runs) - 1) / 2) * width, seconds, width, label=label,
                    color=COLOURS[contender])  # fmt: skip
         # The roofline is a property of the work, the same for every contender: ours' counts.
         reference = runs.get("ours") or next(iter(runs.values()))
