@@ -13,7 +13,36 @@ scaling, softmax in fp32, additive mask).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import partial
+
 import torch
+
+# From this many rows up, MKL 2020 takes a projection faster as W @ x^T than as x @ W^T
+# (1.1-1.3x at 13-16 rows; slower below 13; bench/RESULTS.md).
+WEIGHT_FIRST_MIN_ROWS = 13
+
+
+def _weight_first_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1]
+    if module.bias is not None or rows < WEIGHT_FIRST_MIN_ROWS:
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+    product = torch.mm(module.weight, x.reshape(rows, x.shape[-1]).t())
+    return product.t().contiguous().view(*x.shape[:-1], module.out_features)
+
+
+@contextmanager
+def weight_first_products(*modules: torch.nn.Module):
+    """Within the block, the plain `nn.Linear`s in `modules` take `_weight_first_linear` (same
+    result, another operand order); LoRA layers and other subclasses keep their own forward."""
+    linears = [m for module in modules for m in module.modules() if type(m) is torch.nn.Linear]
+    for linear in linears:
+        linear.forward = partial(_weight_first_linear, linear)
+    try:
+        yield
+    finally:
+        for linear in linears:
+            del linear.forward
 
 
 def _t5(seq2seq):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
-from .decoder import IncrementalDecoder
+from .decoder import IncrementalDecoder, weight_first_products
 
 
 @dataclass
@@ -116,6 +116,11 @@ def pad_states(states: list[torch.Tensor], length: int | None = None) -> torch.T
 def _sample(seq2seq, encoded, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
     """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
     decoder = IncrementalDecoder(seq2seq, encoded, attention_mask, max(budgets))
+    with weight_first_products(decoder.t5.decoder, decoder.t5.lm_head):
+        return _sample_loop(decoder, budgets, processors, start_id, eos_id)
+
+
+def _sample_loop(decoder: IncrementalDecoder, budgets: list[int], processors, start_id: int, eos_id: int):
     rows = torch.arange(len(budgets))  # original index of each row still generating
     left = torch.tensor(budgets)
     sequences = torch.full((len(budgets), 1), start_id)

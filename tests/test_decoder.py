@@ -2,8 +2,9 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from flan_t5_detox import decoder as decoder_module
 from flan_t5_detox import models
-from flan_t5_detox.decoder import IncrementalDecoder
+from flan_t5_detox.decoder import IncrementalDecoder, weight_first_products
 
 
 def _queries(tokenizer):
@@ -80,3 +81,30 @@ def test_steps_match_in_bfloat16(tiny_models):
     # kernels differ again): at logits near 20 one rounding step is 0.125, so the tolerance
     # scales with the logits. A wrong cache, bias or mask is off by the logits' own size.
     _assert_matches_full_forward(policy, _queries(tokenizer), decoder_ids, 5e-2, scaled=True)
+
+
+def test_weight_first_products_give_the_same_steps_and_are_undone(tiny_models, monkeypatch):
+    """With every plain projection taken as W @ x^T (the threshold lowered to one row, so the
+    tiny batch uses it), the steps still match the full forward taken the usual way; LoRA
+    layers keep their own forward, and after the block every module has its own again."""
+    policy = _policy(tiny_models).eval()
+    enc = _queries(models.load_tokenizer(tiny_models.base_model))
+    t5 = policy.get_base_model()
+    decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 50, (3, 9))], dim=1)
+    with torch.no_grad():
+        full = policy(**enc, decoder_input_ids=decoder_ids).logits
+    monkeypatch.setattr(decoder_module, "WEIGHT_FIRST_MIN_ROWS", 1)
+    calls = []
+    original = decoder_module._weight_first_linear
+    monkeypatch.setattr(
+        decoder_module, "_weight_first_linear", lambda m, x: calls.append(m) or original(m, x)
+    )
+    lora_q = t5.decoder.block[0].layer[0].SelfAttention.q
+    with weight_first_products(t5.decoder, t5.lm_head):
+        assert type(lora_q) is not torch.nn.Linear and "forward" not in vars(lora_q)
+        steps = _incremental_logits(policy, enc, decoder_ids)
+    for t, (rows, logits) in enumerate(steps):
+        torch.testing.assert_close(logits, full[rows, t], atol=1e-4, rtol=1e-4)
+    assert t5.lm_head in calls and t5.decoder.block[0].layer[2].DenseReluDense.wo in calls
+    assert all(type(m) is torch.nn.Linear for m in calls)
+    assert all("forward" not in vars(m) for m in t5.modules())
