@@ -83,8 +83,9 @@ class TrimmedPPOTrainer(PPOTrainer):
 
     @contextmanager
     def reusing_encoder_states(self, queries: list[torch.Tensor], states: list[torch.Tensor]):
-        """Within this block, the policy's no-grad passes over these queries take these encoder
-        states (computed by the policy as it is now: leave the block before any update)."""
+        """Within this block, the first no-grad pass of the policy over these queries (trl's
+        scoring pass, before any update) takes these encoder states, computed by the policy as
+        it is now. They are used up by that pass: later passes, after updates, run the encoder."""
         self._rollout = (queries, states)
         try:
             yield
@@ -112,7 +113,7 @@ class TrimmedPPOTrainer(PPOTrainer):
             return super().batched_forward_pass(model, queries, responses, model_inputs, return_logits)
         width = model_inputs["decoder_input_ids"].shape[1] - 1  # trl's outputs drop the last position
         order = sorted(range(len(queries)), key=lambda i: (len(responses[i]), len(queries[i])))
-        parts = []
+        parts, reused = [], False
         for rows in length_groups(
             [(len(queries[i]), len(responses[i])) for i in order], self.config.mini_batch_size
         ):
@@ -120,8 +121,11 @@ class TrimmedPPOTrainer(PPOTrainer):
             inputs = _trim_padding({k: v[rows] for k, v in model_inputs.items()})
             length = inputs["attention_mask"].shape[1]
             encoded = self._rollout_states(model, [(i, queries[i]) for i in rows], length)
+            reused = reused or encoded is not None
             part = _seq2seq_forward(model, inputs, return_logits, encoded)
             parts.append([None if t is None else _pad_to(t, width) for t in part])
+        if reused:  # one pass only: the next no-grad pass may come after an update
+            self._rollout = None
         back = torch.tensor(order).argsort()  # to the caller's row order
         logprobs, entropy, values, masks = (
             None if ts[0] is None else torch.cat(ts)[back] for ts in zip(*parts)

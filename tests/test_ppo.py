@@ -149,9 +149,10 @@ def test_loss_and_gradients_equal_trl_own(tiny_models, monkeypatch, padding):
 
 
 def test_policy_scoring_reuses_the_rollout_encoder_states_and_nothing_else_does(tiny_models):
-    """Inside `reusing_encoder_states`, the policy's no-grad pass takes the given states (true
-    states: the same outputs; zeroed states: different ones, so they were used), while the
-    reference pass (adapter off) and a training pass (grad) still run the encoder."""
+    """Inside `reusing_encoder_states`, the policy's first no-grad pass takes the given states
+    (true states: the same outputs; zeroed states: different ones, so they were used), while
+    the reference pass (adapter off), a training pass (grad) and a second policy pass (it
+    could follow an update) still run the encoder."""
     from flan_t5_detox.generation import encode
 
     trainer, queries, responses, padded = _batch_of_eight(tiny_models)
@@ -168,9 +169,9 @@ def test_policy_scoring_reuses_the_rollout_encoder_states_and_nothing_else_does(
             return [None if t is None else t.detach() for t in out]
 
         if given is None:
-            return run(), run(adapter=False), run(grad=True)
+            return run(), run(adapter=False), run(grad=True), run()
         with trainer.trl.reusing_encoder_states(queries, given):
-            return run(), run(adapter=False), run(grad=True)
+            return run(), run(adapter=False), run(grad=True), run()
 
     with torch.no_grad():  # a trained-looking detox adapter: with it off, the encoder differs
         for name, param in pretrained.named_parameters():
@@ -180,11 +181,11 @@ def test_policy_scoring_reuses_the_rollout_encoder_states_and_nothing_else_does(
     zeroed = [torch.zeros_like(s) for s in states]
     plain, reused, wrong = passes(), passes(states), passes(zeroed)
     mask = plain[0][3].bool()
-    for a, b in zip(plain, reused):  # policy, reference, training: all the same outputs
+    for a, b in zip(plain, reused):  # every pass: the same outputs
         torch.testing.assert_close(a[0][mask], b[0][mask], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a[2][mask], b[2][mask], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(wrong[0][0][mask], plain[0][0][mask], atol=1e-3)  # the states were used
-    for i in (1, 2):  # not by the reference pass, nor with grad
+    for i in (1, 2, 3):  # not by the reference pass, nor with grad, nor by a second policy pass
         torch.testing.assert_close(wrong[i][0][mask], plain[i][0][mask], atol=1e-5, rtol=1e-5)
     assert trainer.trl._rollout is None  # the block ends the reuse
 
