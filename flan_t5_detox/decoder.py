@@ -17,31 +17,63 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
+from peft.tuners.lora import LoraLayer
 
-# From this many rows up, MKL 2020 takes a projection faster as W @ x^T than as x @ W^T
-# (1.1-1.3x at 13-16 rows; slower below 13; bench/RESULTS.md).
+from . import small_gemm
+
+# Without our kernel: from this many rows up, MKL 2020 takes a projection faster as W @ x^T than
+# as x @ W^T (1.1-1.3x at 13-16 rows; slower below 13; bench/RESULTS.md).
 WEIGHT_FIRST_MIN_ROWS = 13
 
 
-def _weight_first_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _decoding_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T by the fastest path measured for this many rows."""
+    if small_gemm.takes(x, weight):
+        return small_gemm.linear(x, weight)
     rows = x.numel() // x.shape[-1]
-    if module.bias is not None or rows < WEIGHT_FIRST_MIN_ROWS:
-        return torch.nn.functional.linear(x, module.weight, module.bias)
-    product = torch.mm(module.weight, x.reshape(rows, x.shape[-1]).t())
-    return product.t().contiguous().view(*x.shape[:-1], module.out_features)
+    if rows < WEIGHT_FIRST_MIN_ROWS:
+        return torch.nn.functional.linear(x, weight)
+    product = torch.mm(weight, x.reshape(rows, x.shape[-1]).t())
+    return product.t().contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+def _decoding_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """The one weight matrix a bias-free projection applies, or None to leave the module be.
+
+    An active, unmerged fp32 LoRA layer gets W + s·B·A, so decoding pays for one product instead
+    of three (same function; float rounding differs). Its weights do not change while decoding."""
+    if not isinstance(module, torch.nn.Linear) or module.bias is not None:
+        return None
+    if type(module) is torch.nn.Linear:
+        return module.weight
+    if not isinstance(module, LoraLayer) or module.fan_in_fan_out or module.merged:
+        return None
+    adapter = module.active_adapter
+    if module.disable_adapters or adapter not in module.lora_A or module.r[adapter] == 0:
+        return module.weight
+    dropout = module.lora_dropout[adapter]
+    if module.weight.dtype != torch.float32 or (dropout.training and isinstance(dropout, torch.nn.Dropout)):
+        return None
+    with torch.no_grad():
+        delta = module.lora_B[adapter].weight @ module.lora_A[adapter].weight
+        return module.weight + delta * module.scaling[adapter]
 
 
 @contextmanager
-def weight_first_products(*modules: torch.nn.Module):
-    """Within the block, the plain `nn.Linear`s in `modules` take `_weight_first_linear` (same
-    result, another operand order); LoRA layers and other subclasses keep their own forward."""
-    linears = [m for module in modules for m in module.modules() if type(m) is torch.nn.Linear]
-    for linear in linears:
-        linear.forward = partial(_weight_first_linear, linear)
+def decoding_products(*modules: torch.nn.Module):
+    """Within the block, the bias-free projections in `modules` (plain or LoRA) take
+    `_decoding_linear` with their `_decoding_weight`; after it, each has its own forward again."""
+    patched = []
+    for module in modules:
+        for linear in module.modules():
+            weight = _decoding_weight(linear)
+            if weight is not None:
+                linear.forward = partial(_decoding_linear, weight)
+                patched.append(linear)
     try:
         yield
     finally:
-        for linear in linears:
+        for linear in patched:
             del linear.forward
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
-from .decoder import IncrementalDecoder, weight_first_products
+from .decoder import IncrementalDecoder, decoding_products
 
 
 @dataclass
@@ -116,7 +116,7 @@ def pad_states(states: list[torch.Tensor], length: int | None = None) -> torch.T
 def _sample(seq2seq, encoded, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
     """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
     decoder = IncrementalDecoder(seq2seq, encoded, attention_mask, max(budgets))
-    with weight_first_products(decoder.t5.decoder, decoder.t5.lm_head):
+    with decoding_products(decoder.t5.decoder, decoder.t5.lm_head):
         return _sample_loop(decoder, budgets, processors, start_id, eos_id)
 
 

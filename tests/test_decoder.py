@@ -1,10 +1,11 @@
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from transformers import T5Config, T5ForConditionalGeneration
 
 from flan_t5_detox import decoder as decoder_module
-from flan_t5_detox import models
-from flan_t5_detox.decoder import IncrementalDecoder, weight_first_products
+from flan_t5_detox import models, small_gemm
+from flan_t5_detox.decoder import IncrementalDecoder, decoding_products
 
 
 def _queries(tokenizer):
@@ -83,28 +84,58 @@ def test_steps_match_in_bfloat16(tiny_models):
     _assert_matches_full_forward(policy, _queries(tokenizer), decoder_ids, 5e-2, scaled=True)
 
 
-def test_weight_first_products_give_the_same_steps_and_are_undone(tiny_models, monkeypatch):
-    """With every plain projection taken as W @ x^T (the threshold lowered to one row, so the
-    tiny batch uses it), the steps still match the full forward taken the usual way; LoRA
-    layers keep their own forward, and after the block every module has its own again."""
+def _lora_layers(t5):
+    return [m for m in t5.decoder.modules() if isinstance(m, LoraLayer)]
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["small-row kernel", "torch, weight first"])
+def test_decoding_products_give_the_same_steps_and_are_undone(tiny_models, monkeypatch, kernel):
+    """Every projection patched (LoRA layers with their merged weight), by our kernel or, without
+    it, by torch with the weight-first threshold lowered to one row so the tiny batch uses it:
+    the steps still match the full forward taken the usual way, and after the block every
+    module has its own forward again."""
     policy = _policy(tiny_models).eval()
     enc = _queries(models.load_tokenizer(tiny_models.base_model))
     t5 = policy.get_base_model()
     decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 50, (3, 9))], dim=1)
     with torch.no_grad():
         full = policy(**enc, decoder_input_ids=decoder_ids).logits
-    monkeypatch.setattr(decoder_module, "WEIGHT_FIRST_MIN_ROWS", 1)
-    calls = []
-    original = decoder_module._weight_first_linear
-    monkeypatch.setattr(
-        decoder_module, "_weight_first_linear", lambda m, x: calls.append(m) or original(m, x)
-    )
+    if not kernel:
+        monkeypatch.setattr(small_gemm, "takes", lambda x, weight: False)
+        monkeypatch.setattr(decoder_module, "WEIGHT_FIRST_MIN_ROWS", 1)
+    weights = []
+    original = decoder_module._decoding_linear
+    monkeypatch.setattr(decoder_module, "_decoding_linear", lambda w, x: weights.append(w) or original(w, x))
+    kernel_calls = []
+    original_kernel = small_gemm.linear
+    monkeypatch.setattr(small_gemm, "linear", lambda x, w: kernel_calls.append(w) or original_kernel(x, w))
     lora_q = t5.decoder.block[0].layer[0].SelfAttention.q
-    with weight_first_products(t5.decoder, t5.lm_head):
-        assert type(lora_q) is not torch.nn.Linear and "forward" not in vars(lora_q)
+    with decoding_products(t5.decoder, t5.lm_head):
+        assert all("forward" in vars(m) for m in _lora_layers(t5))
         steps = _incremental_logits(policy, enc, decoder_ids)
     for t, (rows, logits) in enumerate(steps):
         torch.testing.assert_close(logits, full[rows, t], atol=1e-4, rtol=1e-4)
-    assert t5.lm_head in calls and t5.decoder.block[0].layer[2].DenseReluDense.wo in calls
-    assert all(type(m) is torch.nn.Linear for m in calls)
+    assert any(w is t5.lm_head.weight for w in weights)
+    assert any(w is t5.decoder.block[0].layer[2].DenseReluDense.wo.weight for w in weights)
+    merged_q = [w for w in weights if w.shape == lora_q.weight.shape and not torch.equal(w, lora_q.weight)]
+    assert merged_q, "the LoRA layers decode with their merged weight"
+    assert bool(kernel_calls) == kernel
     assert all("forward" not in vars(m) for m in t5.modules())
+
+
+def test_the_decoding_weight_is_what_each_projection_applies(tiny_models):
+    policy = _policy(tiny_models).eval()
+    t5 = policy.get_base_model()
+    lora_v = t5.decoder.block[1].layer[0].SelfAttention.v
+    plain = t5.decoder.block[1].layer[0].SelfAttention.k
+    lora_v.scaling[lora_v.active_adapter] = 0.37  # alpha / r is 1 in the tiny adapter
+    x = torch.randn(3, lora_v.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(x @ decoder_module._decoding_weight(lora_v).T, lora_v(x))
+        assert decoder_module._decoding_weight(plain) is plain.weight
+        with policy.disable_adapter():  # the reference pass: LoRA off, base weight only
+            assert decoder_module._decoding_weight(lora_v) is lora_v.weight
+        assert decoder_module._decoding_weight(torch.nn.Linear(4, 4, bias=True)) is None
+        dropout = lora_v.lora_dropout[lora_v.active_adapter] = torch.nn.Dropout(0.1)
+        dropout.train()  # random per call: no single weight stands for it
+        assert decoder_module._decoding_weight(lora_v) is None
