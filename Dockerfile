@@ -41,6 +41,12 @@ COPY . /src
 RUN --mount=type=secret,id=ca_bundle \
     . /tmp/venv/bin/activate && with-ca pip wheel -q --no-deps -w /wheels/project /src
 
+# The decoding kernel (flan_t5_detox/small_gemm.c), compiled here so the job image needs no compiler.
+FROM ${BASE_IMAGE} AS kernel
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+COPY flan_t5_detox/small_gemm.c flan_t5_detox/small_gemm_build.py /src/
+RUN python3 /src/small_gemm_build.py /opt/detox-kernels
+
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
 # cpu:  torch 1.13.1+cpu from the PyTorch CPU index (ml.m5 has no GPU; a far smaller image).
@@ -80,9 +86,12 @@ RUN --mount=type=bind,from=tools,source=/wheels/trl,target=/wheels \
 RUN --mount=type=bind,from=project,source=/wheels/project,target=/wheels \
     pip install -q --no-cache-dir --no-deps --no-index --find-links /wheels flan-t5-detox
 COPY container/train container/evaluate /usr/local/bin/
+COPY --from=kernel /opt/detox-kernels /opt/detox-kernels
 
 # Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
 ENV PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The prebuilt decoding kernel (flan_t5_detox/small_gemm.py looks here before compiling one).
+ENV DETOX_KERNEL_DIR=/opt/detox-kernels
 # glibc keeps freed memory instead of handing it back and page-faulting it in on the next
 # PPO pass: training forward ~10% and backward ~15-20% faster (`python -m bench.allocator`).
 ENV MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824

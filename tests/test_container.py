@@ -128,6 +128,16 @@ def test_image_metadata_entrypoint_and_pins(image):
     )  # fmt: skip
     assert leftovers.returncode == 0 and leftovers.stdout.strip() == "", leftovers.stdout
 
+    # The decoding kernel comes prebuilt (there is no compiler to build one) and computes.
+    kernel = _docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c",
+        "import torch; from flan_t5_detox import small_gemm; x, w = torch.randn(5, 64), torch.randn(9, 64);"
+        " assert small_gemm.takes(x, w); torch.testing.assert_close(small_gemm.linear(x, w), x @ w.T);"
+        " print(small_gemm._library()._name)",
+    )  # fmt: skip
+    assert kernel.returncode == 0, kernel.stdout + kernel.stderr
+    assert kernel.stdout.strip().startswith("/opt/detox-kernels/small_gemm-"), kernel.stdout
+
     # Both programs are on PATH, as SageMaker calls them.
     assert "detox-train" in _docker("run", "--rm", "--network", "none", image, "train", "--help").stdout
     shown = _docker("run", "--rm", "--network", "none", "--entrypoint", "evaluate", image, "--help")
