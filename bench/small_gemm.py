@@ -10,6 +10,8 @@
    products, weight first from 13 rows, LoRA layers with their own forward) against now (the
    kernel, LoRA layers with their merged weight).
    Best of two, alternating, same seed; says whether the responses came out the same.
+
+Runs under the job image's glibc malloc settings (bench/allocator.py), as the jobs do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from flan_t5_detox import decoder, generation, models, small_gemm
 
+from .allocator import with_image_settings
 from .run import RESULTS
 
 ROWS = (1, 2, 4, 8, 12, 16, 24, 32)
@@ -104,6 +107,7 @@ def generations(policy, tokenizer, budgets: list[int], repeats: int = 2) -> dict
 
 
 def main() -> None:
+    with_image_settings()
     threads = models.set_threads(0)
     print(f"threads {threads}; kernel available: {small_gemm.available()}")
     print("products, 12 decoder layers + LM head (495 MB):")

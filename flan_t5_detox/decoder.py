@@ -9,6 +9,10 @@ modules (layer norms, projections with any LoRA on them, the FFN, the LM head
 and its hooks), so weights, adapters and dtypes are exactly the model's; only
 the attention arithmetic around them is spelled out, as T5 does it (no 1/sqrt(d)
 scaling, softmax in fp32, additive mask).
+
+While decoding, `decoding_products` routes the projections to the fastest product
+measured for few rows (our kernel in `small_gemm`, else torch's) and lets LoRA
+layers apply their merged weight.
 """
 
 from __future__ import annotations
