@@ -1,6 +1,6 @@
 /* y (M, N) = x (M, K) @ w (N, K)^T in fp32 for few rows M (decoding), AVX2 + FMA.
  *
- * Why: MKL 2020 (torch 1.13.1) runs these products far below this machine's limits: at 1-8 rows
+ * Why: MKL 2020 (torch 1.13.1) runs these products well below this machine's limits: at 1-8 rows
  * it streams the weights at half the read bandwidth, at 9-16 rows it computes at ~60% of its own
  * large-GEMM peak. Here each thread streams its share of w exactly once: a block of 4 weight rows
  * is read from memory while the next block is prefetched, then reused from L1 for every group of
