@@ -33,7 +33,7 @@ WEIGHT_FIRST_MIN_ROWS = 13
 def _decoding_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x @ weight^T by the fastest path measured for this many rows."""
     if small_gemm.takes(x, weight):
-        return small_gemm.linear(x, weight)
+        return small_gemm.product(x, weight)
     rows = x.numel() // x.shape[-1]
     if rows < WEIGHT_FIRST_MIN_ROWS:
         return torch.nn.functional.linear(x, weight)

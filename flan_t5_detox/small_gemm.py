@@ -5,7 +5,7 @@ torch 1.13.1's MKL 2020 runs these products well below the machine's limits on A
 `DETOX_KERNEL_DIR` may hold a prebuilt copy (the job image builds one with small_gemm_build.py).
 Everything else falls back to torch: no compiler, a CPU without AVX2 and FMA, no way to tell
 torch's OpenMP runtime, or operands the kernel does not take. `available()` says whether the
-kernel is loaded; `linear` is always safe to call."""
+kernel is loaded; `linear` is always safe to call, `product` only where `takes` says so."""
 
 from __future__ import annotations
 
@@ -53,9 +53,11 @@ def _library() -> ctypes.CDLL | None:
     runtime = _torch_openmp_runtime()
     if runtime is None:
         return _unavailable("cannot tell which GNU OpenMP runtime torch uses")
-    prebuilt = Path(os.environ.get("DETOX_KERNEL_DIR", "/nonexistent")) / library_name()
+    prebuilt = os.environ.get("DETOX_KERNEL_DIR")
     try:
-        path = prebuilt if prebuilt.is_file() else cache_dir() / library_name()
+        path = Path(prebuilt) / library_name() if prebuilt else None
+        if path is None or not path.is_file():
+            path = cache_dir() / library_name()
         if not path.is_file():
             path = build(cache_dir())
         ctypes.CDLL(runtime, mode=ctypes.RTLD_GLOBAL)  # the OpenMP symbols the kernel leaves open
@@ -64,8 +66,8 @@ def _library() -> ctypes.CDLL | None:
         return _unavailable(str(error))
     if not lib.small_gemm_cpu_supported():
         return _unavailable("the CPU lacks AVX2 or FMA")
-    lib.small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
-    lib.small_gemm.argtypes += [ctypes.c_void_p]
+    pointer, size = ctypes.c_void_p, ctypes.c_long
+    lib.small_gemm.argtypes = [pointer, size, pointer, size, size, pointer]  # x, M, w, N, K, y
     lib.small_gemm.restype = None
     log.info("small-row GEMM kernel: %s", path)
     return lib
@@ -92,13 +94,16 @@ def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`torch.nn.functional.linear(x, weight)` without bias, by the kernel where it takes the operands."""
-    if not takes(x, weight):
-        return torch.nn.functional.linear(x, weight)
+def product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x @ weight.T` by the kernel; only for operands it `takes` (callers that checked already)."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = rows.new_empty(rows.shape[0], weight.shape[0])
     _library().small_gemm(
         rows.data_ptr(), rows.shape[0], weight.data_ptr(), weight.shape[0], weight.shape[1], out.data_ptr()
     )
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`torch.nn.functional.linear(x, weight)` without bias, by the kernel where it takes the operands."""
+    return product(x, weight) if takes(x, weight) else torch.nn.functional.linear(x, weight)

@@ -107,8 +107,8 @@ def test_decoding_products_give_the_same_steps_and_are_undone(tiny_models, monke
     original = decoder_module._decoding_linear
     monkeypatch.setattr(decoder_module, "_decoding_linear", lambda w, x: weights.append(w) or original(w, x))
     kernel_calls = []
-    original_kernel = small_gemm.linear
-    monkeypatch.setattr(small_gemm, "linear", lambda x, w: kernel_calls.append(w) or original_kernel(x, w))
+    original_kernel = small_gemm.product
+    monkeypatch.setattr(small_gemm, "product", lambda x, w: kernel_calls.append(w) or original_kernel(x, w))
     lora_q = t5.decoder.block[0].layer[0].SelfAttention.q
     with decoding_products(t5.decoder, t5.lm_head):
         assert all("forward" in vars(m) for m in _lora_layers(t5))

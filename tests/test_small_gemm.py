@@ -29,6 +29,7 @@ def test_leading_dimensions_and_non_contiguous_input_are_kept():
     torch.manual_seed(0)
     weight = torch.randn(40, 32)
     x = torch.randn(3, 32, 2)[..., 0][:, None, :]  # (3, 1, 32), strided
+    assert small_gemm.takes(x, weight)
     out = small_gemm.linear(x, weight)
     assert out.shape == (3, 1, 40)
     torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), atol=1e-5, rtol=1e-5)
