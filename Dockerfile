@@ -13,7 +13,7 @@ ARG BASE_IMAGE=python:3.10-slim
 FROM ${BASE_IMAGE} AS tools
 # trl at the commit the lab used; a package spec (e.g. trl==0.4.2) where GitHub is unreachable.
 ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
-ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_INDEX_URL
 # Big wheels through slow proxies: pip's default 15 s read timeout is too short.
 ARG PIP_DEFAULT_TIMEOUT=120
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -41,12 +41,6 @@ COPY . /src
 RUN --mount=type=secret,id=ca_bundle \
     . /tmp/venv/bin/activate && with-ca pip wheel -q --no-deps -w /wheels/project /src
 
-# The decoding kernel (flan_t5_detox/small_gemm.c), compiled here so the job image needs no compiler.
-FROM ${BASE_IMAGE} AS kernel
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
-COPY flan_t5_detox/small_gemm.c flan_t5_detox/small_gemm_build.py /src/
-RUN python3 /src/small_gemm_build.py /opt/detox-kernels
-
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
 # cpu:  torch 1.13.1+cpu from the PyTorch CPU index (ml.m5 has no GPU; a far smaller image).
@@ -54,7 +48,7 @@ ARG BASE_IMAGE
 ARG TORCH_VARIANT=cpu
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TRL_SPEC=git+https://github.com/lvwerra/trl.git@25fa1bd
-ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_INDEX_URL
 ARG PIP_DEFAULT_TIMEOUT=120
 COPY --from=tools /usr/bin/tini-static /usr/local/bin/tini
 RUN python3 -m venv /opt/venv
@@ -86,12 +80,9 @@ RUN --mount=type=bind,from=tools,source=/wheels/trl,target=/wheels \
 RUN --mount=type=bind,from=project,source=/wheels/project,target=/wheels \
     pip install -q --no-cache-dir --no-deps --no-index --find-links /wheels flan-t5-detox
 COPY container/train container/evaluate /usr/local/bin/
-COPY --from=kernel /opt/detox-kernels /opt/detox-kernels
 
 # Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
 ENV PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-# The prebuilt decoding kernel (flan_t5_detox/small_gemm.py looks here before compiling one).
-ENV DETOX_KERNEL_DIR=/opt/detox-kernels
 # glibc keeps freed memory instead of handing it back and page-faulting it in on the next
 # PPO pass: training forward ~10% and backward ~15-20% faster (`python -m bench.allocator`).
 ENV MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything Docker for CI, on a machine with no image registry (DESIGN.md §6): install Debian's
+# Everything Docker for CI, on a machine with no image registry: install Debian's
 # docker.io, start dockerd without touching the host's firewall or bridges, make a Debian base
 # image with debootstrap, build the job image, run the container tests, stop dockerd by PID.
 #
@@ -99,12 +99,11 @@ base() {
         return
     fi
     local mirror root
-    mirror=$(debian_mirror)
-    mirror=${mirror:-http://deb.debian.org/debian}
+    mirror=$(debian_mirror)  # empty: debootstrap's own default mirror
     root=$(mktemp -d /var/tmp/detox-rootfs.XXXXXX)
-    log "debootstrap bookworm from $mirror"
+    log "debootstrap bookworm from ${mirror:-debootstrap's default mirror}"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        bookworm "$root" "$mirror" >"$STATE/debootstrap.log" 2>&1 ||
+        bookworm "$root" $mirror >"$STATE/debootstrap.log" 2>&1 ||
         { tail -20 "$STATE/debootstrap.log" >&2; rm -rf "$root"; return 1; }
     chroot "$root" apt-get clean
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin

@@ -35,12 +35,14 @@ def with_image_settings() -> None:
 def worker() -> None:
     import torch
 
-    from flan_t5_detox import models
+    from flan_t5_detox.ml.adapters import load_merged, read_lora_config
+    from flan_t5_detox.ml.policy import build_policy
+    from flan_t5_detox.ml.runtime import set_threads
 
-    models.set_threads(0)
+    set_threads(0)
     fixtures = Path(RESULTS) / "fixtures"
-    summarizer = models.load_summarizer(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
-    policy = models.build_policy(summarizer, models.read_lora_config(fixtures / "peft_checkpoint"), 0)
+    summarizer = load_merged(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
+    policy = build_policy(summarizer, read_lora_config(fixtures / "peft_checkpoint"), 0)
     torch.manual_seed(0)
     queries, responses = torch.randint(5, 30000, (4, 180)), torch.randint(5, 30000, (4, 350))
     best_forward = best_backward = float("inf")

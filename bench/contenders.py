@@ -26,11 +26,15 @@ from pathlib import Path
 
 import torch
 
-from flan_t5_detox import data, models
-from flan_t5_detox.config import TrainConfig
-from flan_t5_detox.generation import LengthSampler, SamplingSettings, decode, generate
-from flan_t5_detox.ppo import DetoxTrainer
-from flan_t5_detox.rewards import RewardModel
+from flan_t5_detox.contract.settings import TrainConfig
+from flan_t5_detox.ml import data
+from flan_t5_detox.ml.adapters import load_merged, read_lora_config
+from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, decode, generate
+from flan_t5_detox.ml.loading import load_tokenizer
+from flan_t5_detox.ml.policy import build_policy
+from flan_t5_detox.ml.ppo import DetoxTrainer
+from flan_t5_detox.ml.rewards import RewardModel, reward_text
+from flan_t5_detox.ml.runtime import pick_dtype, set_threads, use_fast_mkl_kernels
 
 
 @dataclass
@@ -135,7 +139,7 @@ def _notebook_machine_settings(w: Workload) -> None:
     """The notebook as written (bf16) runs with the library defaults. Its fp32 variant also gets
     the MKL kernel choice ours makes on AMD CPUs, so the two fp32 loops differ only in the loop."""
     if w.notebook_dtype == "float32":
-        models.use_fast_mkl_kernels()
+        use_fast_mkl_kernels()
 
 
 def _notebook_policy(w: Workload):
@@ -164,7 +168,7 @@ def notebook_ppo(w: Workload) -> dict:
 
     _notebook_machine_settings(w)
     m = Measurement()
-    tokenizer = models.load_tokenizer(w.base_model)
+    tokenizer = load_tokenizer(w.base_model)
     ppo_model, ref_model = _notebook_policy(w)
     config = PPOConfig(
         model_name="google/flan-t5-base",
@@ -243,7 +247,7 @@ def notebook_eval(w: Workload) -> dict:
 
     _notebook_machine_settings(w)
     m = Measurement()
-    tokenizer = models.load_tokenizer(w.base_model)
+    tokenizer = load_tokenizer(w.base_model)
     _, ref_model = _notebook_policy(w)
     evaluator = _Toxicity.load(w.reward_model)
     _warm_up(ref_model, torch.tensor(tokenizer.encode(w.eval_prompts[0])))
@@ -298,17 +302,12 @@ class _InOrder:
 
 def ours_ppo(w: Workload) -> dict:
     m = Measurement()
-    threads = models.set_threads(0)
-    dtype = models.pick_dtype("auto")
-    tokenizer = models.load_tokenizer(w.base_model)
+    threads = set_threads(0)
+    dtype = pick_dtype("auto")
+    tokenizer = load_tokenizer(w.base_model)
     peft_dir = Path(w.peft_checkpoint)
-    policy = models.build_policy(
-        models.load_summarizer(w.base_model, peft_dir, dtype), models.read_lora_config(peft_dir), w.seed
-    )
+    policy = build_policy(load_merged(w.base_model, peft_dir, dtype), read_lora_config(peft_dir), w.seed)
     reward_model = RewardModel(w.reward_model, "nothate", batch_size=len(w.train_prompts))
-
-    def reward_fn(queries, responses, _ids):
-        return reward_model.rewards([q + " " + r for q, r in zip(queries, responses)])
 
     # min_length above every budget: EOS is never sampled, each row stops at its budget.
     config = TrainConfig(
@@ -321,7 +320,7 @@ def ours_ppo(w: Workload) -> dict:
     prompts = [
         data.Example(id=str(i), dialogue="", summary="", prompt=p) for i, p in enumerate(w.train_prompts)
     ]
-    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_fn)
+    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_model.rewards)
     trainer.lengths, trainer.order = _FixedLengths(w.budgets), _InOrder(len(prompts))
     instrument_trl(trainer.trl, m)
     sent = {}
@@ -341,7 +340,7 @@ def ours_ppo(w: Workload) -> dict:
     for phase in ("generate", "reward", "ppo"):
         m.seconds[phase] = result.metrics[f"time_{phase}"]
     _ppo_parts(m, m.seconds["ppo"])
-    texts = [q + " " + r for q, r in zip(result.queries, result.responses)]
+    texts = [reward_text(q, r) for q, r in zip(result.queries, result.responses)]
     _lengths(
         m, tokenizer, trainer.query_ids, [r[1:] for r in sent["responses"]], reward_model.tokenizer, texts
     )
@@ -351,10 +350,10 @@ def ours_ppo(w: Workload) -> dict:
 
 def ours_eval(w: Workload) -> dict:
     m = Measurement()
-    threads = models.set_threads(0)
-    dtype = models.pick_dtype("auto")
-    tokenizer = models.load_tokenizer(w.base_model)
-    summarizer = models.load_summarizer(w.base_model, Path(w.peft_checkpoint), dtype).eval()
+    threads = set_threads(0)
+    dtype = pick_dtype("auto")
+    tokenizer = load_tokenizer(w.base_model)
+    summarizer = load_merged(w.base_model, Path(w.peft_checkpoint), dtype).eval()
     reward_model = RewardModel(w.reward_model, "nothate", batch_size=16)
     queries = [torch.tensor(ids) for ids in tokenizer(w.eval_prompts, truncation=True)["input_ids"]]
     _warm_up(summarizer, queries[0])
@@ -365,7 +364,7 @@ def ours_eval(w: Workload) -> dict:
     with Timer(m, "generate"):
         responses = generate(summarizer, tokenizer, queries, [w.eval_new_tokens] * len(queries), sampling, 16)
     with Timer(m, "reward"):
-        texts = [p + " " + r for p, r in zip(w.eval_prompts, decode(tokenizer, responses))]
+        texts = [reward_text(p, r) for p, r in zip(w.eval_prompts, decode(tokenizer, responses))]
         reward_model.score(texts).probabilities[:, reward_model.index_of("hate")]
     m.seconds["total"] = time.perf_counter() - start
     _lengths(m, tokenizer, queries, [r[1:] for r in responses], reward_model.tokenizer, texts)

@@ -3,7 +3,7 @@
 There is no model hub here, so the benchmark builds the real architectures from
 their configs and saves them to disk; both contenders then load them with
 `from_pretrained`, as the jobs do. The tokenizers are word-level (see
-`flan_t5_detox.tiny`) with the real vocabulary sizes, and every T5 token is also
+`flan_t5_detox.fixtures.tiny`) with the real vocabulary sizes, and every T5 token is also
 a RoBERTa token, so a response of n T5 tokens costs the reward model n tokens.
 """
 
@@ -17,8 +17,9 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration
 
-from flan_t5_detox import data
-from flan_t5_detox.tiny import _words, build_roberta_tokenizer, build_t5_tokenizer
+from flan_t5_detox.fixtures import SAMPLE_DATASET
+from flan_t5_detox.fixtures.tiny import build_roberta_tokenizer, build_t5_tokenizer, vocabulary_words
+from flan_t5_detox.ml import data
 
 FIXTURE_VERSION = "1"  # bump when what is built changes
 
@@ -64,8 +65,8 @@ def build(dest: Path, seed: int = 0) -> Fixtures:
     if stamp.exists() and stamp.read_text() == FIXTURE_VERSION:
         return fixtures
     torch.manual_seed(seed)
-    records = data.read_records(data.SAMPLE_DATASET)
-    words = _words([r["dialogue"] for r in records] + [data.PROMPT_HEAD, data.PROMPT_TAIL])
+    records = data.read_records(SAMPLE_DATASET)
+    words = vocabulary_words([r["dialogue"] for r in records] + [data.PROMPT_HEAD, data.PROMPT_TAIL])
 
     t5_tokenizer = build_t5_tokenizer(_vocabulary(T5_BASE["vocab_size"], 3, words, "t"))
     T5ForConditionalGeneration(T5Config(**T5_BASE)).save_pretrained(fixtures.base_model)

@@ -6,7 +6,7 @@
    transformers' cached forward (`past_key_values`) against `decoder.IncrementalDecoder`.
 2. How fast MKL streams weights through the small-row products decoding is made of, against a
    plain read of the same tensors (the memory limit).
-3. Drawing one token per row: `torch.multinomial` against `generation._draw`.
+3. Drawing one token per row: `torch.multinomial` against `generation.draw_tokens`.
 4. A whole rollout (16 prompts, budgets 109..392): the sampling loop over transformers' cache
    (the project's loop before `IncrementalDecoder`) against `generation.generate`.
 5. A PPO training mini-batch's log-probs, entropy and their backward (4 x 400 positions x 32128):
@@ -23,9 +23,12 @@ from pathlib import Path
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from flan_t5_detox import generation, models
-from flan_t5_detox.decoder import IncrementalDecoder
-from flan_t5_detox.generation import _draw
+from flan_t5_detox.fast.decoder import IncrementalDecoder
+from flan_t5_detox.ml import generation
+from flan_t5_detox.ml.adapters import load_merged
+from flan_t5_detox.ml.generation import draw_tokens
+from flan_t5_detox.ml.loading import load_tokenizer
+from flan_t5_detox.ml.runtime import set_threads
 
 from .run import RESULTS
 
@@ -88,14 +91,14 @@ def sampling(rows: int = 16, vocab: int = 32128) -> dict[str, float]:
     probs = torch.randn(rows, vocab).softmax(-1)
     return {
         "torch.multinomial ms": round(_best_ms(torch.multinomial, probs, 1, repeats=50), 2),
-        "generation._draw ms": round(_best_ms(_draw, probs, repeats=50), 2),
+        "generation.draw_tokens ms": round(_best_ms(draw_tokens, probs, repeats=50), 2),
     }
 
 
 def token_logprobs(rows: int = 4, length: int = 400, vocab: int = 32128) -> dict[str, float]:
     from trl.core import entropy_from_logits, logprobs_from_logits
 
-    from flan_t5_detox.logprobs import chosen_logprobs
+    from flan_t5_detox.fast.logprobs import chosen_logprobs
 
     labels = torch.randint(0, vocab, (rows, length))
     upstream = torch.randn(rows, length)
@@ -160,16 +163,16 @@ def rollouts(model, tokenizer, repeats: int = 2) -> dict[str, float]:
 
 
 def main() -> None:
-    threads = models.set_threads(0)
+    threads = set_threads(0)
     fixtures = Path(RESULTS) / "fixtures"
-    model = models.load_summarizer(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
+    model = load_merged(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
     print(f"threads {threads}; MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE')}")
     for rows in (16, 4, 1):
         print(f"decoder step, {rows} row(s), ms:", decoder_steps(model.eval(), rows), flush=True)
     print("weight streaming, GB/s:", weight_streaming(), flush=True)
     print("sampling one token per row, 16 x 32128:", sampling(), flush=True)
     print("log-probs + entropy + backward, 4 x 400 x 32128:", token_logprobs(), flush=True)
-    tokenizer = models.load_tokenizer(fixtures / "base_model")
+    tokenizer = load_tokenizer(fixtures / "base_model")
     print("rollout of 16 prompts (sum of budgets ~4200 tokens), s:", rollouts(model, tokenizer), flush=True)
 
 

@@ -18,10 +18,14 @@ from pathlib import Path
 
 import torch
 
-from flan_t5_detox import models, ppo
-from flan_t5_detox.config import TrainConfig
-from flan_t5_detox.data import Example
-from flan_t5_detox.generation import encode
+from flan_t5_detox.contract.settings import TrainConfig
+from flan_t5_detox.ml import ppo
+from flan_t5_detox.ml.adapters import load_merged, read_lora_config
+from flan_t5_detox.ml.data import Example
+from flan_t5_detox.ml.generation import encode
+from flan_t5_detox.ml.loading import load_tokenizer
+from flan_t5_detox.ml.policy import build_policy
+from flan_t5_detox.ml.runtime import set_threads
 
 from . import fixtures
 from .run import RESULTS, make_workload, parse_args
@@ -29,11 +33,9 @@ from .run import RESULTS, make_workload, parse_args
 
 def _setup():
     workload = make_workload(parse_args([]), fixtures.build(Path(RESULTS) / "fixtures"))
-    tokenizer = models.load_tokenizer(workload.base_model)
+    tokenizer = load_tokenizer(workload.base_model)
     peft_dir = Path(workload.peft_checkpoint)
-    policy = models.build_policy(
-        models.load_summarizer(workload.base_model, peft_dir), models.read_lora_config(peft_dir), 0
-    )
+    policy = build_policy(load_merged(workload.base_model, peft_dir), read_lora_config(peft_dir), 0)
     prompts = [
         Example(id=str(i), dialogue="", summary="", prompt=p) for i, p in enumerate(workload.train_prompts)
     ]
@@ -45,8 +47,8 @@ def _setup():
 
 
 def training(trainer, queries, responses, padding: float) -> float:
-    """Seconds for forward + backward of trl's random mini-batches with this GROUP_PADDING."""
-    ppo.GROUP_PADDING = padding
+    """Seconds for forward + backward of trl's random mini-batches with this group padding."""
+    trainer.trl.group_padding = padding
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(queries), generator=generator).tolist()
     start = time.perf_counter()
@@ -74,7 +76,7 @@ def scoring(trainer, queries, responses, reuse: bool) -> float:
 
 
 def main(repeats: int = 2) -> None:
-    threads = models.set_threads(0)
+    threads = set_threads(0)
     trainer, queries, responses = _setup()
     print(
         f"threads {threads}; responses {min(map(len, responses)) - 1}..{max(map(len, responses)) - 1} tokens"
@@ -92,7 +94,7 @@ def main(repeats: int = 2) -> None:
     for _ in range(repeats):  # alternating, best of `repeats`
         for name, run in contenders.items():
             best[name] = min(best[name], run())
-    ppo.GROUP_PADDING = default
+    trainer.trl.group_padding = default
     for name, seconds in best.items():
         print(f"{name}: {seconds:.2f} s", flush=True)
 

@@ -70,12 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- inputs -----------------------------------------------------------------------------------
 def make_workload(args, fixtures):
-    from flan_t5_detox import data
-    from flan_t5_detox.generation import LengthSampler
+    from flan_t5_detox.fixtures import SAMPLE_DATASET
+    from flan_t5_detox.ml import data
+    from flan_t5_detox.ml.generation import LengthSampler
 
     from .contenders import Workload
 
-    splits = data.prepare_splits(data.read_records(data.SAMPLE_DATASET), 200, 1000, 0.2)
+    splits = data.prepare_splits(data.read_records(SAMPLE_DATASET), 200, 1000, 0.2)
     low, high = max(2, round(100 * args.scale)), max(3, round(400 * args.scale))
     eval_prompts = [splits.test[i % len(splits.test)].prompt for i in range(args.eval_samples)]
     return Workload(
@@ -92,7 +93,7 @@ def make_workload(args, fixtures):
 
 
 def machine() -> dict:
-    from flan_t5_detox.models import cpu_flags
+    from flan_t5_detox.ml.runtime import cpu_flags
 
     info = {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0))}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -187,11 +188,11 @@ LIMITS = ["float32 (MKL default)", "float32", "bfloat16"]
 def measure_limits(out: Path, names=LIMITS) -> dict:
     """GEMM rates and bandwidth per dtype; fp32 both with MKL's default dispatch and with the
     kernels ours picks."""
-    from flan_t5_detox import models
+    from flan_t5_detox.ml.runtime import mkl_cpu_type
 
     settings = {
         "float32 (MKL default)": ({"dtype": "float32"}, {"MKL_DEBUG_CPU_TYPE": None}),
-        "float32": ({"dtype": "float32"}, {"MKL_DEBUG_CPU_TYPE": models.mkl_cpu_type()}),
+        "float32": ({"dtype": "float32"}, {"MKL_DEBUG_CPU_TYPE": mkl_cpu_type()}),
         "bfloat16": ({"dtype": "bfloat16"}, {}),
     }
     limits = {}

@@ -1,8 +1,8 @@
 """`detox-demo`: the whole pipeline offline, end to end, in a few minutes on a laptop CPU.
 
 1. builds tiny stand-ins for FLAN-T5, the summarization adapter and the reward
-   model from configs (flan_t5_detox.tiny; no model hub needed),
-2. lays out /opt/ml-like folders exactly as SageMaker would (flan_t5_detox.layout),
+   model from configs (flan_t5_detox.fixtures.tiny; no model hub needed),
+2. lays out /opt/ml-like folders exactly as SageMaker would (flan_t5_detox.contract.layout),
 3. runs the real train job, then the real evaluate job on its model/ and output/data,
 4. prints where report.html is.
 
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from flan_t5_detox.data import SAMPLE_DATASET
-    from flan_t5_detox.layout import write_processing_layout, write_training_layout
-    from flan_t5_detox.tiny import build_tiny_models
+    from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
+    from flan_t5_detox.fixtures import SAMPLE_DATASET
+    from flan_t5_detox.fixtures.tiny import build_tiny_models
 
     from . import evaluate, train
 

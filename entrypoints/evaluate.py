@@ -1,16 +1,21 @@
-"""`evaluate` (detox-evaluate): the SageMaker processing job that measures the detoxification.
+"""`evaluate` (detox-evaluate): the SageMaker processing job that measures the detoxification,
+as a recipe.
 
-Inputs (folders under <ml-root>/processing/input/):
+    setup  settings and inputs (before any model loads), runtime, reward model, both summarizers
+    run    the same test prompts through both, scored and compared pairwise
+    save   processing/output/report/ (report.json, comparisons.csv, report.html, plots)
+
+Inputs (under <ml-root>/processing/input/):
     base_model        base model folder (else the `base_model_name` setting, from the hub)
     peft_checkpoint   the summarization LoRA adapter = the "before" model
     detoxified        the train job's model/ folder, or its model.tar.gz = the "after" model
     dataset           DialogSum-format data (else `dataset_name`); its test split is evaluated
     reward_model      the hate-speech classifier (else `reward_model_name`)
     training_output   optional: the train job's output/data folder or output.tar.gz (PPO curves)
-Output: <ml-root>/processing/output/report/ (report.json, comparisons.csv, report.html, *.png).
 
-Settings are the fields of `EvalConfig`: `--field-name VALUE` arguments (ContainerArguments),
-or `DETOX_FIELD_NAME` environment variables (the processing job's Environment); arguments win.
+Settings are the fields of `EvalConfig`, from what SageMaker gives a processing job: its
+ContainerArguments (`--field-name VALUE`) and its Environment (`DETOX_EVAL_FIELD_NAME`);
+arguments win.
 """
 
 from __future__ import annotations
@@ -18,22 +23,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
-from flan_t5_detox.config import EvalConfig, parse_settings
-from flan_t5_detox.contract import DEFAULT_ML_ROOT, JobInputError, ProcessingJobEnvironment
-from flan_t5_detox.job import run_job, setup_logging
+from flan_t5_detox.contract.environment import ProcessingJobEnvironment
+from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
+from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
+from flan_t5_detox.contract.settings import EvalConfig, parse_settings
 
 log = logging.getLogger("flan_t5_detox.evaluate")
 
-ENV_PREFIX = "DETOX_"
+ENV_PREFIX = "DETOX_EVAL_"  # distinct from the launcher's own DETOX_<NAME> settings
 SETTINGS = [f.name for f in dataclasses.fields(EvalConfig)]
 
 
@@ -48,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Every setting can also come from an environment variable {ENV_PREFIX}<NAME> "
         f"(e.g. {ENV_PREFIX}NUM_SAMPLES=200); arguments win.",
     )
-    parser.add_argument(
-        "--ml-root", type=Path, default=DEFAULT_ML_ROOT, help="folder standing in for /opt/ml"
-    )
+    parser.add_argument("--ml-root", type=Path, default=ML_ROOT, help="folder standing in for /opt/ml")
     # The image is started as `evaluate ...`; accept and ignore that word.
     parser.add_argument("mode", nargs="?", help=argparse.SUPPRESS)
     defaults = EvalConfig()
@@ -84,101 +86,58 @@ def collect_settings(args: argparse.Namespace, unknown: list[str], environ: dict
     return parse_settings(EvalConfig, values)
 
 
-def _required(env: ProcessingJobEnvironment, name: str, what: str) -> Path:
-    path = env.input(name)
-    if path is None:
-        raise JobInputError(
-            f"missing input {name!r} ({what}): expected it under {env.root}/processing/input/{name}"
-        )
-    return path
-
-
 def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> int:
     # Heavy imports only once the settings are known to be good.
-    from flan_t5_detox import archives, data, evaluation, models, report
-    from flan_t5_detox.inputs import model_source
-    from flan_t5_detox.metrics import MetricsLog
-    from flan_t5_detox.rewards import RewardModel
+    from flan_t5_detox.contract.inputs import evaluation_inputs
+    from flan_t5_detox.ml import adapters, data, evaluation, report, runtime
+    from flan_t5_detox.ml.loading import load_tokenizer
+    from flan_t5_detox.ml.rewards import RewardModel
 
-    # 1. Every input and the data, before any model loads.
-    peft_input = _required(env, "peft_checkpoint", "the summarization adapter, the 'before' model")
-    peft_dir = archives.resolve_folder(peft_input, models.ADAPTER_CONFIG, "input 'peft_checkpoint'", scratch)
-    detox_input = _required(
-        env, "detoxified", "the train job's model/ folder or model.tar.gz, the 'after' model"
+    # Setup: inputs and data first, so bad input fails before the models load.
+    inputs = evaluation_inputs(env, config, scratch)
+    curves, training_summary = report.read_training_output(inputs.training_output)
+    test = data.load_splits(inputs.dataset, config).test
+    examples = evaluation.select_examples(test, config.num_samples)
+    machine = runtime.setup(config.dtype, config.num_threads)
+    reward_model = RewardModel(
+        inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
     )
-    detox_dir = archives.resolve_folder(detox_input, models.ADAPTER_CONFIG, "input 'detoxified'", scratch)
-    curves, training_summary = None, None
-    if env.input("training_output") is not None:
-        out_dir = archives.resolve_folder(
-            env.input("training_output"), "metrics.jsonl", "input 'training_output'", scratch
-        )
-        try:
-            curves = report.TrainingCurves.from_records(MetricsLog(out_dir / "metrics.jsonl").read())
-            summary_path = out_dir / "training_summary.json"
-            training_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise JobInputError(f"input 'training_output': cannot read metrics.jsonl: {exc}") from exc
-    base = model_source(env.input("base_model"), config.base_model_name, "base model")
-    reward_source = model_source(env.input("reward_model"), config.reward_model_name, "reward model")
-    records = data.load_records(env.input("dataset"), config.dataset_name)
-    splits = data.prepare_splits(
-        records, config.input_min_text_length, config.input_max_text_length, config.test_size
-    )
-    examples = evaluation.select_examples(splits.test, config.num_samples)
-
-    # 2. Models: the reward model's labels, then both adapters must fit the base.
-    threads = models.set_threads(config.num_threads)
-    dtype = models.pick_dtype(config.dtype)
-    reward_model = RewardModel(reward_source, config.reward_label, batch_size=config.generation_batch_size)
     reward_model.index_of(config.toxic_label)
-    tokenizer = models.load_tokenizer(base)
-    before_model = evaluation.load_before(base, peft_dir, dtype)
-    after_model = evaluation.load_after(base, detox_dir, dtype)
+    tokenizer = load_tokenizer(inputs.base_model)
+    before = adapters.load_merged(inputs.base_model, inputs.before_adapter, machine.dtype)
+    after = adapters.load_merged(inputs.base_model, inputs.after_adapter, machine.dtype)
     log.info(
-        "dtype=%s threads=%d samples=%d of test split %d", dtype, threads, len(examples), len(splits.test)
+        "dtype=%s threads=%d samples=%d of test split %d",
+        machine.dtype_name,
+        machine.threads,
+        len(examples),
+        len(test),
     )
 
-    # 3. Measure and report.
-    result = evaluation.run(
-        before_model, after_model, tokenizer, examples, len(splits.test), reward_model, config
-    )
+    # Run.
+    result = evaluation.run(before, after, tokenizer, examples, len(test), reward_model, config)
+
+    # Save.
     context = report.ReportContext(
         settings=config,
         sources={
-            "base_model": evaluation.describe_source(base),
-            "before_adapter": evaluation.describe_source(peft_dir, origin=peft_input),
-            "after_adapter": evaluation.describe_source(detox_dir, origin=detox_input),
-            "reward_model": evaluation.describe_source(reward_source),
+            "base_model": evaluation.describe_source(inputs.base_model),
+            "before_adapter": evaluation.describe_source(
+                inputs.before_adapter, inputs.origins["before_adapter"]
+            ),
+            "after_adapter": evaluation.describe_source(
+                inputs.after_adapter, inputs.origins["after_adapter"]
+            ),
+            "reward_model": evaluation.describe_source(inputs.reward_model),
         },
-        versions=_versions(),
-        runtime={"dtype": str(dtype).replace("torch.", ""), "threads": threads, "cpu": _cpu_model()},
+        versions=runtime.versions(),
+        runtime=machine.describe(),
         training=curves,
         training_summary=training_summary,
     )
-    written = report.write_report(env.output("report"), result, context)
+    written = report.write_report(env.output(REPORT_OUTPUT), result, context)
     log.info("report: %s", ", ".join(str(p) for p in written))
     return 0
-
-
-def _versions() -> dict[str, str]:
-    names = ("flan-t5-detox", "torch", "transformers", "peft", "trl", "rouge_score", "scipy", "numpy")
-    found = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    root = args.ml_root
-    return run_job(body, [root / "output" / "message", root / "output" / "failure"])
+    paths = MlPaths(args.ml_root)
+    return run_job(body, [paths.message, paths.failure])
 
 
 if __name__ == "__main__":

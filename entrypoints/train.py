@@ -1,7 +1,8 @@
-"""`train` (detox-train): the SageMaker training job.
+"""`train` (detox-train): the SageMaker training job, as a recipe.
 
-Reads the job contract, loads the summarizer and reward model, runs PPO with
-checkpoints and SIGTERM handling, and writes model/ and output/data/.
+setup  settings and inputs (before any model loads), runtime, models, the PPO trainer
+run    PPO steps with checkpoints, resuming from the newest one; SIGTERM checkpoints and exits
+save   model/ (one PEFT adapter for the plain base model) and output/data/training_summary.json
 """
 
 from __future__ import annotations
@@ -10,19 +11,18 @@ import argparse
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from flan_t5_detox import __version__
-from flan_t5_detox.config import TrainConfig, parse_settings
-from flan_t5_detox.contract import DEFAULT_ML_ROOT, TrainingJobEnvironment
-from flan_t5_detox.job import run_job, setup_logging
-from flan_t5_detox.metrics import MetricsLog, format_metrics_line
+from flan_t5_detox.contract.environment import TrainingJobEnvironment
+from flan_t5_detox.contract.failure import run_job, setup_logging
+from flan_t5_detox.contract.paths import ML_ROOT, MlPaths
+from flan_t5_detox.contract.settings import TrainConfig, parse_settings
 
 log = logging.getLogger("flan_t5_detox.train")
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a process killed by it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,141 +32,81 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Settings come from <ml-root>/input/config/hyperparameters.json; inputs from the channels "
         "base_model, peft_checkpoint, dataset, reward_model under <ml-root>/input/data/.",
     )
-    parser.add_argument(
-        "--ml-root", type=Path, default=DEFAULT_ML_ROOT, help="folder standing in for /opt/ml"
-    )
+    parser.add_argument("--ml-root", type=Path, default=ML_ROOT, help="folder standing in for /opt/ml")
     # SageMaker appends "train" to the image command; accept and ignore it.
     parser.add_argument("mode", nargs="?", choices=["train"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def _publish(staging: Path, model_dir: Path) -> None:
-    """Move finished files into model/ only once everything is written."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for item in staging.iterdir():
-        target = model_dir / item.name
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        shutil.move(str(item), target)
-    staging.rmdir()
-
-
 def train(env: TrainingJobEnvironment) -> int:
     config = parse_settings(TrainConfig, env.hyperparameters)  # fails before any model loads
 
-    # Heavy imports only after the settings are known to be good.
-    from flan_t5_detox import checkpoint, data, models
-    from flan_t5_detox.inputs import model_source, peft_checkpoint_dir
-    from flan_t5_detox.ppo import DetoxTrainer, Preempted, SigtermGuard, TrainingDiverged
-    from flan_t5_detox.rewards import RewardModel
+    # Heavy imports only once the settings are known to be good.
+    from flan_t5_detox.contract.inputs import training_inputs
+    from flan_t5_detox.contract.metrics import MetricsLog
+    from flan_t5_detox.contract.outputs import publish
+    from flan_t5_detox.ml import adapters, data, runtime
+    from flan_t5_detox.ml.loading import load_tokenizer
+    from flan_t5_detox.ml.policy import build_policy
+    from flan_t5_detox.ml.ppo import DetoxTrainer
+    from flan_t5_detox.ml.rewards import RewardModel
+    from flan_t5_detox.ml.training import TrainingRun
 
-    records = data.load_records(env.channel("dataset"), config.dataset_name)
-    splits = data.prepare_splits(
-        records, config.input_min_text_length, config.input_max_text_length, config.test_size
+    # Setup: inputs and data first, so bad input fails before the models load.
+    inputs = training_inputs(env, config)
+    prompts = data.training_prompts(inputs.dataset, config)
+    machine = runtime.setup(config.dtype, config.num_threads)
+    log.info("dtype=%s threads=%d train_prompts=%d", machine.dtype_name, machine.threads, len(prompts))
+    tokenizer = load_tokenizer(inputs.base_model)
+    summarization = adapters.read_lora_config(inputs.peft_checkpoint)
+    policy = build_policy(
+        adapters.load_merged(inputs.base_model, inputs.peft_checkpoint, machine.dtype),
+        summarization,
+        config.seed,
     )
-    data.BatchOrder(len(splits.train), config.batch_size, config.seed)  # enough prompts for one batch?
-    base = model_source(env.channel("base_model"), config.base_model_name, "base model")
-    reward_source = model_source(env.channel("reward_model"), config.reward_model_name, "reward model")
-    peft_dir = peft_checkpoint_dir(env.channel("peft_checkpoint"), config.peft_checkpoint_s3_uri)
+    reward_model = RewardModel(inputs.reward_model, config.reward_label, batch_size=config.batch_size)
+    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_model.rewards)
 
-    threads = models.set_threads(config.num_threads)
-    dtype = models.pick_dtype(config.dtype)
-    log.info("dtype=%s threads=%d train_prompts=%d", dtype, threads, len(splits.train))
-    tokenizer = models.load_tokenizer(base)
-    summarization_config = models.read_lora_config(peft_dir)
-    summarizer = models.load_summarizer(base, peft_dir, dtype)
-    policy = models.build_policy(summarizer, summarization_config, config.seed)
-    reward_model = RewardModel(reward_source, config.reward_label, batch_size=config.batch_size)
-
-    def reward_fn(queries, responses, _ids):
-        return reward_model.rewards([q + " " + r for q, r in zip(queries, responses)])
-
-    trainer = DetoxTrainer(config, policy, tokenizer, splits.train, reward_fn)
-    metrics_log = MetricsLog(env.output_data_dir / "metrics.jsonl")
-    resumed = checkpoint.latest(env.checkpoint_dir)
-    if resumed is not None:
-        trainer.restore(resumed)
-        log.info("resumed from checkpoint at step %d", resumed.step)
-    metrics_log.truncate_after(trainer.step)
-
-    from tqdm import tqdm
-
+    # Run.
     started = time.time()
-    status = "completed"
-    with SigtermGuard():
-        try:
-            with tqdm(total=config.max_ppo_steps, initial=trainer.step, desc="PPO", file=sys.stderr) as bar:
-                while trainer.step < config.max_ppo_steps:
-                    result = trainer.run_step()
-                    metrics_log.append(result.metrics)
-                    print(format_metrics_line(result.metrics), flush=True)
-                    bar.update(1)
-                    if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
-                        checkpoint.write(env.checkpoint_dir, trainer.last_good)
-        except Preempted:
-            path = checkpoint.write(env.checkpoint_dir, trainer.last_good)
-            log.warning("SIGTERM: wrote %s (step %d); exiting", path, trainer.last_good.step)
-            return 143
-        except TrainingDiverged as exc:
-            checkpoint.write(env.checkpoint_dir, trainer.last_good)
-            status = f"diverged: {exc}"
-            raise RuntimeError(f"{exc}; last good step {trainer.last_good.step} is checkpointed") from exc
-    checkpoint.write(env.checkpoint_dir, trainer.last_good)
+    metrics = MetricsLog(env.output_data_dir / "metrics.jsonl")
+    run = TrainingRun(trainer, env.checkpoint_dir, metrics, config.checkpoint_every)
+    run.resume()
+    outcome = run.run(config.max_ppo_steps)
+    if outcome.preempted:
+        return EXIT_PREEMPTED
 
+    # Save: model/ appears whole or not at all.
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=env.model_dir.parent))
-    info = models.AdapterInfo(
-        base_model=config.base_model_name if env.channel("base_model") is None else "channel:base_model",
-        summarization_adapter=config.peft_checkpoint_s3_uri or "channel:peft_checkpoint",
-        rank=2 * summarization_config.r,  # summarization + detox adapters, concatenated
-        ppo_steps=trainer.step,
-        reward_model=config.reward_model_name
-        if env.channel("reward_model") is None
-        else "channel:reward_model",
-        reward_label=config.reward_label,
+    provenance = adapters.Provenance(**inputs.origins, reward_label=config.reward_label)
+    info = adapters.save_detox_model(
+        staging, policy, tokenizer, inputs.peft_checkpoint, provenance, outcome.steps
     )
-    models.save_detox_model(staging, policy, tokenizer, peft_dir, info)
-    _publish(staging, env.model_dir)
-
-    history = metrics_log.read()
+    publish(staging, env.model_dir)
+    history = metrics.read()
     summary = {
-        "status": status,
-        "steps": trainer.step,
+        "status": "completed",
+        "steps": outcome.steps,
         "seconds_this_run": round(time.time() - started, 3),
         "final": history[-1] if history else None,
         "reward_mean_first": history[0]["reward_mean"] if history else None,
         "reward_mean_last": history[-1]["reward_mean"] if history else None,
         "settings": dataclasses.asdict(config),
-        "dtype": str(dtype).replace("torch.", ""),
-        "threads": threads,
+        "adapter": dataclasses.asdict(info),
+        **machine.describe(),
         "kl_reference": "starting summarizer (summarization adapter merged; fresh LoRA trained on top)",
-        "versions": _versions(),
+        "versions": runtime.versions(),
     }
     (env.output_data_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("done: %d steps; adapter in %s", trainer.step, env.model_dir)
+    log.info("done: %d steps; adapter in %s", outcome.steps, env.model_dir)
     return 0
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    return {
-        "flan_t5_detox": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "trl": trl.__version__,
-        "python": sys.version.split()[0],
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     return run_job(
-        lambda: train(TrainingJobEnvironment.from_root(args.ml_root)), [args.ml_root / "output" / "failure"]
+        lambda: train(TrainingJobEnvironment.from_root(args.ml_root)), [MlPaths(args.ml_root).failure]
     )
 
 

@@ -7,7 +7,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from flan_t5_detox import s3
+from flan_t5_detox.contract import s3
 
 from .errors import LaunchError
 

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace, out=None) -> int:
 def main(argv: list[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from flan_t5_detox.contract import JobInputError
+    from flan_t5_detox.contract.failure import JobInputError
 
     args = build_parser().parse_args(argv)
     # Before the SDK is imported: sagemaker.experiments calls logging.basicConfig(level=INFO),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from flan_t5_detox import s3
+from flan_t5_detox.contract import s3
+from flan_t5_detox.contract.paths import EVAL_INPUTS
 
 from . import jobs, local_backend
 from . import sagemaker_backend as sm
@@ -147,7 +148,7 @@ def upload(options: Options, source: Path, uri: str, out) -> int:
 
 def local(options: Options, kind: str, dry_run: bool, out) -> int:
     """Run a job on this machine: build the /opt/ml layout, then docker run or a plain process."""
-    sources = [getattr(options, n) or "" for n in jobs.EVAL_INPUTS] + [options.checkpoint_s3_uri or ""]
+    sources = [getattr(options, n) or "" for n in EVAL_INPUTS] + [options.checkpoint_s3_uri or ""]
     aws = connect(options) if options.train_job or any(s.startswith("s3://") for s in sources) else None
     if kind == "train":
         job = jobs.train_job(

@@ -6,24 +6,18 @@ second instead of after the instance has started.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flan_t5_detox import s3
-from flan_t5_detox.config import EvalConfig, TrainConfig, parse_settings
-from flan_t5_detox.metrics import metric_definitions
+from flan_t5_detox.contract import layout, s3
+from flan_t5_detox.contract.metrics import metric_definitions
+from flan_t5_detox.contract.paths import EVAL_INPUTS, REPORT_OUTPUT, TRAIN_CHANNELS
+from flan_t5_detox.contract.settings import EvalConfig, TrainConfig, parse_settings
 
 from .errors import LaunchError
 from .options import Options
 
-TRAIN_CHANNELS = ("base_model", "peft_checkpoint", "dataset", "reward_model")
-EVAL_INPUTS = (*TRAIN_CHANNELS, "detoxified", "training_output")
-REPORT = "report"
-PROCESSING_INPUT = "/opt/ml/processing/input"
-PROCESSING_OUTPUT = "/opt/ml/processing/output"
-CHECKPOINT_DIR = "/opt/ml/checkpoints"
 EVALUATE_ENTRYPOINT = ["evaluate"]
 
 
@@ -89,7 +83,7 @@ class EvalJob:
 def encode_hyperparameters(values: dict) -> dict[str, str]:
     """Validate against TrainConfig, then JSON-encode each given value (the job decodes JSON)."""
     config = parse_settings(TrainConfig, values)
-    return {name: json.dumps(getattr(config, name)) for name in values}
+    return layout.encode_hyperparameters({name: getattr(config, name) for name in values})
 
 
 def eval_arguments(values: dict) -> list[str]:
@@ -188,7 +182,7 @@ def eval_job(options: Options, cloud: bool = True, name: str | None = None) -> E
         inputs=inputs,
         resources=_resources(options),
         role=role,
-        report_uri=s3.join(output_path(options), name, REPORT) if cloud else "",
+        report_uri=s3.join(output_path(options), name, REPORT_OUTPUT) if cloud else "",
         tags={str(k): str(v) for k, v in options.tags.items()},
         environment={str(k): str(v) for k, v in options.environment.items()},
     )

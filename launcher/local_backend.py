@@ -1,45 +1,52 @@
 """Local backend: the same jobs on this machine, under Docker or as plain processes.
 
-The work folder is laid out like /opt/ml and its config files are written the way SageMaker
-writes them. S3 inputs are downloaded into it; local inputs are bind-mounted read-only under
-Docker and symlinked for plain processes (no copies of multi-GB models).
+The work folder is laid out like /opt/ml by the contract's one layout writer. S3 inputs are
+downloaded into it; local inputs are bind-mounted read-only under Docker and symlinked for
+plain processes (no copies of multi-GB models). A plain process gets the environment a
+container would: the job's own variables and the basics a process needs, never the laptop's
+whole environment (a stray DETOX_* variable must not change a local run but not a cloud one).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flan_t5_detox import s3
+from flan_t5_detox.contract import layout, s3
+from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
 
-from .jobs import CHECKPOINT_DIR, PROCESSING_INPUT, PROCESSING_OUTPUT, REPORT, EvalJob, TrainJob
+from .jobs import EvalJob, TrainJob
 
-ML = "/opt/ml"
-HOST = "algo-1"
+# What a plain process keeps of the launcher's environment: what any process needs to run
+# (PATH, HOME, locale, temporary folder), the model hub's offline switches and cache, and AWS
+# access (a container on SageMaker has its role's credentials).
+PASSED_THROUGH = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "VIRTUAL_ENV")
+PASSED_THROUGH_PREFIXES = ("AWS_", "HF_", "TRANSFORMERS_")
+# What the job image sets for every job (Dockerfile ENV).
+IMAGE_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @dataclass
 class LocalRun:
     kind: str  # "train" | "evaluate"
     name: str
-    root: Path  # stands in for /opt/ml
+    paths: MlPaths  # the work folder standing in for /opt/ml
     arguments: list[str]  # what follows the image (train) or the entrypoint (evaluate)
     entrypoint: list[str] | None = None  # None: the image's ENTRYPOINT (SageMaker training)
     mounts: dict[str, Path] = field(default_factory=dict)  # container path -> local path
     checkpoint_s3_uri: str = ""
 
-    def host_path(self, container_path: str) -> Path:
-        return self.root / Path(container_path).relative_to(ML)
+    @property
+    def root(self) -> Path:
+        return self.paths.root
 
     @property
     def failure(self) -> str:
         """What SageMaker would show as FailureReason (first 1024 characters)."""
-        for name in ("failure", "message"):
-            path = self.root / "output" / name
+        for path in (self.paths.failure, self.paths.message):
             if path.is_file() and path.read_text().strip():
                 return path.read_text()[:1024].strip()
         return ""
@@ -47,134 +54,64 @@ class LocalRun:
     @property
     def outputs(self) -> dict[str, Path]:
         if self.kind == "train":
-            return {"model": self.root / "model", "output": self.root / "output" / "data"}
-        return {REPORT: self.host_path(f"{PROCESSING_OUTPUT}/{REPORT}")}
+            return {"model": self.paths.model_dir, "output": self.paths.output_data_dir}
+        return {REPORT_OUTPUT: self.paths.processing_output(REPORT_OUTPUT)}
 
 
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=4))
-
-
-def _place(run: LocalRun, source: str, container_dir: str, s3_client) -> None:
+def _place(run: LocalRun, source: str, target: Path, s3_client) -> None:
     """An input appears as a folder, as SageMaker makes it: S3 downloaded, local mounted."""
-    target = run.host_path(container_dir)
     if source.startswith("s3://"):
         s3.download(source, target, s3_client)
         return
     path = Path(source).resolve()
+    container = run.paths.container_path(target)
     if path.is_dir():
-        run.mounts[container_dir] = path
+        run.mounts[container] = path
     else:  # a single file lands inside the folder, like an S3 object input
         target.mkdir(parents=True, exist_ok=True)
-        run.mounts[f"{container_dir}/{path.name}"] = path
-
-
-def _resource_config(instance_type: str) -> dict:
-    return {
-        "current_host": HOST,
-        "current_instance_type": instance_type,
-        "current_group_name": "homogeneousCluster",
-        "hosts": [HOST],
-        "instance_groups": [
-            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
-        ],
-        "network_interface_name": "eth0",
-    }
+        run.mounts[f"{container}/{path.name}"] = path
 
 
 def prepare_training(job: TrainJob, root: Path, s3_client=None) -> LocalRun:
-    run = LocalRun(
-        "train", job.name, Path(root).resolve(), ["train"], checkpoint_s3_uri=job.checkpoint_s3_uri
+    paths = MlPaths(Path(root).resolve())
+    run = LocalRun("train", job.name, paths, ["train"], checkpoint_s3_uri=job.checkpoint_s3_uri)
+    layout.write_training_config(
+        paths, job.hyperparameters, job.channels, job.resources.instance_type, job.checkpoint_s3_uri
     )
-    config = run.root / "input" / "config"
-    _write_json(config / "hyperparameters.json", job.hyperparameters)
-    _write_json(
-        config / "inputdataconfig.json",
-        {
-            name: {
-                "TrainingInputMode": "File",
-                "S3DistributionType": "FullyReplicated",
-                "RecordWrapperType": "None",
-            }
-            for name in job.channels
-        },
-    )
-    _write_json(config / "resourceconfig.json", _resource_config(job.resources.instance_type))
-    checkpoint = {"LocalPath": CHECKPOINT_DIR}
-    if job.checkpoint_s3_uri:
-        checkpoint["S3Uri"] = job.checkpoint_s3_uri
-    _write_json(config / "checkpointconfig.json", checkpoint)
     for name, source in job.channels.items():
-        _place(run, source, f"{ML}/input/data/{name}", s3_client)
-    for sub in ("model", "output/data", "checkpoints"):
-        (run.root / sub).mkdir(parents=True, exist_ok=True)
+        _place(run, source, paths.channel(name), s3_client)
     if job.checkpoint_s3_uri and s3.list_objects(job.checkpoint_s3_uri, s3_client):
-        s3.download(job.checkpoint_s3_uri, run.root / "checkpoints", s3_client)  # resume, as SageMaker does
+        s3.download(job.checkpoint_s3_uri, paths.checkpoints, s3_client)  # resume, as SageMaker does
     return run
 
 
 def prepare_processing(job: EvalJob, root: Path, s3_client=None) -> LocalRun:
-    run = LocalRun("evaluate", job.name, Path(root).resolve(), list(job.arguments), entrypoint=job.entrypoint)
-    inputs = []
+    paths = MlPaths(Path(root).resolve())
+    run = LocalRun("evaluate", job.name, paths, list(job.arguments), entrypoint=job.entrypoint)
     for name, source in job.inputs.items():
-        destination = f"{PROCESSING_INPUT}/{name}"
-        _place(run, source, destination, s3_client)
-        s3_uri = source if source.startswith("s3://") else Path(source).resolve().as_uri()
-        inputs.append(
-            {
-                "InputName": name,
-                "AppManaged": False,
-                "S3Input": {
-                    "S3Uri": s3_uri,
-                    "LocalPath": destination,
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                    "S3DataDistributionType": "FullyReplicated",
-                    "S3CompressionType": "None",
-                },
-            }
-        )
-    report = f"{PROCESSING_OUTPUT}/{REPORT}"
-    run.host_path(report).mkdir(parents=True, exist_ok=True)
-    request = {  # SageMaker writes the CreateProcessingJob request here
-        "ProcessingJobName": job.name,
-        "ProcessingInputs": inputs,
-        "ProcessingOutputConfig": {
-            "Outputs": [
-                {
-                    "OutputName": REPORT,
-                    "AppManaged": False,
-                    "S3Output": {"S3Uri": job.report_uri, "LocalPath": report, "S3UploadMode": "EndOfJob"},
-                }
-            ]
-        },
-        "ProcessingResources": {
-            "ClusterConfig": {
-                "InstanceCount": job.resources.instance_count,
-                "InstanceType": job.resources.instance_type,
-                "VolumeSizeInGB": job.resources.volume_size,
-            }
-        },
-        "StoppingCondition": {"MaxRuntimeInSeconds": job.resources.max_run},
-        "AppSpecification": {
-            "ImageUri": job.image,
-            "ContainerEntrypoint": job.entrypoint,
-            "ContainerArguments": job.arguments,
-        },
-        "Environment": job.environment,
-        "RoleArn": job.role,
-    }
-    _write_json(run.root / "config" / "processingjobconfig.json", request)
-    _write_json(run.root / "config" / "resourceconfig.json", {"current_host": HOST, "hosts": [HOST]})
-    (run.root / "output").mkdir(parents=True, exist_ok=True)
+        _place(run, source, paths.processing_input(name), s3_client)
+    layout.write_processing_config(
+        paths,
+        job.name,
+        {n: s if s.startswith("s3://") else Path(s).resolve().as_uri() for n, s in job.inputs.items()},
+        {REPORT_OUTPUT: job.report_uri},
+        instance_type=job.resources.instance_type,
+        instance_count=job.resources.instance_count,
+        volume_size=job.resources.volume_size,
+        max_run=job.resources.max_run,
+        image=job.image,
+        entrypoint=job.entrypoint,
+        arguments=job.arguments,
+        environment=job.environment,
+        role=job.role,
+    )
     return run
 
 
 def docker_command(
     run: LocalRun, image: str, environment: dict[str, str], network: str | None, docker: str = "docker"
 ) -> list[str]:
-    cmd = [docker, "run", "--rm", "--name", run.name, "-v", f"{run.root}:{ML}"]
+    cmd = [docker, "run", "--rm", "--name", run.name, "-v", f"{run.root}:{ML_ROOT}"]
     for target, source in sorted(run.mounts.items()):
         cmd += ["-v", f"{source}:{target}:ro"]
     if network:
@@ -193,16 +130,23 @@ def process_command(run: LocalRun) -> list[str]:
     return [sys.executable, "-m", f"detox_entrypoints.{run.kind}", "--ml-root", str(run.root), *arguments]
 
 
+def process_environment(
+    environment: dict[str, str], launcher: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a plain-process job: as in a container, the image's variables and the
+    job's own, plus only what `PASSED_THROUGH` keeps of the launcher's."""
+    launcher = dict(os.environ if launcher is None else launcher)
+    kept = {k: v for k, v in launcher.items() if k in PASSED_THROUGH or k.startswith(PASSED_THROUGH_PREFIXES)}
+    return {**kept, **IMAGE_ENVIRONMENT, **environment}
+
+
 def link_mounts(run: LocalRun) -> None:
     """Without Docker, each mount becomes a symlink at its place in the work folder."""
     for target, source in run.mounts.items():
-        link = run.host_path(target)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        elif link.is_dir():
+        link = run.paths.local_path(target)
+        if link.is_dir() and not link.is_symlink() and not any(link.iterdir()):
             link.rmdir()  # an empty mount point left by an earlier docker run
-        link.symlink_to(source, target_is_directory=source.is_dir())
+        layout.place(source, link if source.is_dir() else link.parent, "link")
 
 
 def execute(
@@ -221,7 +165,7 @@ def execute(
     else:
         link_mounts(run)
         cmd = process_command(run)
-        env = {**os.environ, **environment}
+        env = process_environment(environment)
     process = subprocess.Popen(cmd, env=env)
     try:
         code = process.wait()
@@ -233,6 +177,6 @@ def execute(
         code = process.wait()
         raise
     finally:
-        if run.checkpoint_s3_uri and any((run.root / "checkpoints").iterdir()):
-            s3.upload(run.root / "checkpoints", run.checkpoint_s3_uri, s3_client)
+        if run.checkpoint_s3_uri and any(run.paths.checkpoints.iterdir()):
+            s3.upload(run.paths.checkpoints, run.checkpoint_s3_uri, s3_client)
     return code

@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flan_t5_detox import s3
+from flan_t5_detox.contract import s3
+from flan_t5_detox.contract.paths import CONTAINER, REPORT_OUTPUT
 
 from .aws import Aws
 from .errors import EXIT_TIMEOUT, LaunchError
-from .jobs import CHECKPOINT_DIR, PROCESSING_INPUT, PROCESSING_OUTPUT, REPORT, EvalJob, TrainJob
+from .jobs import EvalJob, TrainJob
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 # Before any sagemaker import: the SDK keeps a level once set; its INFO chatter would drown ours.
@@ -66,7 +67,7 @@ def submit_training(aws: Aws, job: TrainJob) -> str:
         max_run=job.resources.max_run,
         output_path=job.output_path,
         checkpoint_s3_uri=job.checkpoint_s3_uri or None,
-        checkpoint_local_path=CHECKPOINT_DIR if job.checkpoint_s3_uri else None,
+        checkpoint_local_path=str(CONTAINER.checkpoints) if job.checkpoint_s3_uri else None,
         use_spot_instances=job.spot,
         max_wait=job.max_wait,
         hyperparameters=job.hyperparameters,
@@ -102,12 +103,14 @@ def submit_processing(aws: Aws, job: EvalJob) -> str:
         sagemaker_session=sdk_session(aws, s3.parse_s3_uri(job.report_uri)[0]),
     )
     inputs = [
-        ProcessingInput(source=uri, destination=f"{PROCESSING_INPUT}/{name}", input_name=name)
+        ProcessingInput(source=uri, destination=str(CONTAINER.processing_input(name)), input_name=name)
         for name, uri in job.inputs.items()
     ]
     outputs = [
         ProcessingOutput(
-            source=f"{PROCESSING_OUTPUT}/{REPORT}", destination=job.report_uri, output_name=REPORT
+            source=str(CONTAINER.processing_output(REPORT_OUTPUT)),
+            destination=job.report_uri,
+            output_name=REPORT_OUTPUT,
         )
     ]
     processor.run(

@@ -23,7 +23,7 @@ def _reset_job_logging():
     launcher's stdout) see a clean slate."""
     import logging
 
-    from flan_t5_detox.job import JOB_HANDLER_NAME
+    from flan_t5_detox.contract.failure import JOB_HANDLER_NAME
 
     for handler in list(logging.root.handlers):
         if handler.get_name() == JOB_HANDLER_NAME:
@@ -36,7 +36,7 @@ def _reset_job_logging():
 def tiny_models(tmp_path_factory):
     import torch
 
-    from flan_t5_detox.tiny import build_tiny_models
+    from flan_t5_detox.fixtures.tiny import build_tiny_models
 
     # One thread: tiny matrices gain nothing from two, and OpenMP threads spinning on a busy
     # 2-core machine cost minutes.
@@ -50,7 +50,7 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sample_dataset() -> Path:
-    from flan_t5_detox.data import SAMPLE_DATASET
+    from flan_t5_detox.fixtures import SAMPLE_DATASET
 
     return SAMPLE_DATASET
 
@@ -58,7 +58,7 @@ def sample_dataset() -> Path:
 @pytest.fixture
 def train_layout(tmp_path, tiny_models, sample_dataset):
     """An /opt/ml stand-in for a small, fast training job; returns a function taking hyperparameters."""
-    from flan_t5_detox.layout import write_training_layout
+    from flan_t5_detox.contract.layout import write_training_layout
 
     def make(name: str = "ml", **hyperparameters):
         settings = {

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from flan_t5_detox import data, models
-from flan_t5_detox.config import TrainConfig
-from flan_t5_detox.generation import SamplingSettings, generate
-from flan_t5_detox.ppo import DetoxTrainer
-from flan_t5_detox.rewards import RewardModel
+from flan_t5_detox.contract.settings import TrainConfig
+from flan_t5_detox.fixtures import SAMPLE_DATASET
+from flan_t5_detox.ml import data
+from flan_t5_detox.ml.adapters import load_merged, read_lora_config
+from flan_t5_detox.ml.generation import SamplingSettings, generate
+from flan_t5_detox.ml.loading import load_tokenizer
+from flan_t5_detox.ml.policy import build_policy
+from flan_t5_detox.ml.ppo import DetoxTrainer
+from flan_t5_detox.ml.rewards import RewardModel
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -26,7 +30,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 def tiny_splits(config: TrainConfig):
     return data.prepare_splits(
-        data.read_records(data.SAMPLE_DATASET),
+        data.read_records(SAMPLE_DATASET),
         config.input_min_text_length,
         config.input_max_text_length,
         config.test_size,
@@ -41,16 +45,13 @@ def eight_responses(trainer, seed: int, budgets=(4, 30, 9, 22, 6, 30, 14, 11)):
 
 
 def tiny_trainer(tiny_models, config: TrainConfig, reward_fn=None) -> DetoxTrainer:
-    tokenizer = models.load_tokenizer(tiny_models.base_model)
-    policy = models.build_policy(
-        models.load_summarizer(tiny_models.base_model, tiny_models.peft_checkpoint),
-        models.read_lora_config(tiny_models.peft_checkpoint),
+    tokenizer = load_tokenizer(tiny_models.base_model)
+    policy = build_policy(
+        load_merged(tiny_models.base_model, tiny_models.peft_checkpoint),
+        read_lora_config(tiny_models.peft_checkpoint),
         config.seed,
     )
     if reward_fn is None:
-        reward_model = RewardModel(tiny_models.reward_model)
-
-        def reward_fn(queries, responses, _ids):
-            return reward_model.rewards([q + " " + r for q, r in zip(queries, responses)])
+        reward_fn = RewardModel(tiny_models.reward_model).rewards
 
     return DetoxTrainer(config, policy, tokenizer, tiny_splits(config).train, reward_fn)

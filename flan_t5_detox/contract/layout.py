@@ -1,0 +1,208 @@
+"""The one writer of `/opt/ml` layouts, used by the offline demo, the tests and the launcher's
+local runs. Config files are written as SageMaker writes them: hyperparameters as a
+string-to-string map JSON-encoded like the SDK's, the processing job's request as
+`processingjobconfig.json`, the hosts in `resourceconfig.json`.
+
+Inputs are placed by copying (`copy`), by a symbolic link (`link`: no copy of a multi-GB
+model for a plain process), or not at all (the launcher bind-mounts them into a container).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from flan_t5_detox.contract.paths import CONTAINER, REPORT_OUTPUT, MlPaths
+
+HOST = "algo-1"
+
+
+def encode_hyperparameters(values: dict[str, object]) -> dict[str, str]:
+    """Each value JSON-encoded, as the SageMaker SDK sends them (the jobs decode JSON)."""
+    return {str(name): json.dumps(value) for name, value in values.items()}
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def place(source: Path, target: Path, how: str = "copy") -> None:
+    """Make `target` a folder holding `source`: the folder itself, or a file inside it, as an S3
+    prefix or object input appears in a job. `how` is "copy" or "link"."""
+    source, target = Path(source).resolve(), Path(target)
+    if how not in ("copy", "link"):
+        raise ValueError(f"how must be 'copy' or 'link', got {how!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        if target.is_symlink():
+            target.unlink()
+        target.mkdir(parents=True, exist_ok=True)
+        target = target / source.name
+    _remove(target)
+    if how == "link":
+        target.symlink_to(source, target_is_directory=source.is_dir())
+    elif source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+def training_resource_config(instance_type: str, hosts: Iterable[str] = (HOST,), current: str = HOST) -> dict:
+    hosts = sorted(hosts)
+    return {
+        "current_host": current,
+        "current_instance_type": instance_type,
+        "current_group_name": "homogeneousCluster",
+        "hosts": hosts,
+        "instance_groups": [
+            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}
+        ],
+        "network_interface_name": "eth0",
+    }
+
+
+def write_training_config(
+    paths: MlPaths,
+    hyperparameters: dict[str, str],
+    channels: Iterable[str],
+    instance_type: str = "local",
+    checkpoint_s3_uri: str = "",
+) -> None:
+    """The four config files of a training job, and its empty output folders.
+
+    `hyperparameters` is the string-to-string map as sent (see `encode_hyperparameters`)."""
+    _write_json(paths.hyperparameters, hyperparameters)
+    input_config = {
+        name: {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        }
+        for name in channels
+    }
+    _write_json(paths.input_data_config, input_config)
+    _write_json(paths.resource_config, training_resource_config(instance_type))
+    checkpoint = {"LocalPath": str(CONTAINER.checkpoints)}
+    if checkpoint_s3_uri:
+        checkpoint["S3Uri"] = checkpoint_s3_uri
+    _write_json(paths.checkpoint_config, checkpoint)
+    for folder in (paths.model_dir, paths.output_data_dir, paths.checkpoints, paths.data_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_processing_config(
+    paths: MlPaths,
+    job_name: str,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    instance_type: str = "local",
+    instance_count: int = 1,
+    volume_size: int = 30,
+    max_run: int = 24 * 3600,
+    image: str = "",
+    entrypoint: list[str] | None = None,
+    arguments: list[str] | None = None,
+    environment: dict[str, str] | None = None,
+    role: str = "",
+) -> None:
+    """`processingjobconfig.json` (the CreateProcessingJob request, as SageMaker writes it) and
+    `resourceconfig.json`. `inputs` and `outputs` map names to their S3 (or file) URIs."""
+    request = {
+        "ProcessingJobName": job_name,
+        "ProcessingInputs": [
+            {
+                "InputName": name,
+                "AppManaged": False,
+                "S3Input": {
+                    "S3Uri": uri,
+                    "LocalPath": str(CONTAINER.processing_input(name)),
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                    "S3DataDistributionType": "FullyReplicated",
+                    "S3CompressionType": "None",
+                },
+            }
+            for name, uri in inputs.items()
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": name,
+                    "AppManaged": False,
+                    "S3Output": {
+                        "S3Uri": uri,
+                        "LocalPath": str(CONTAINER.processing_output(name)),
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+                for name, uri in outputs.items()
+            ]
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": instance_count,
+                "InstanceType": instance_type,
+                "VolumeSizeInGB": volume_size,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_run},
+        "AppSpecification": {
+            "ImageUri": image,
+            "ContainerEntrypoint": list(entrypoint or []),
+            "ContainerArguments": list(arguments or []),
+        },
+        "Environment": dict(environment or {}),
+        "RoleArn": role,
+    }
+    _write_json(paths.processing_job_config, request)
+    _write_json(paths.processing_resource_config, {"current_host": HOST, "hosts": [HOST]})
+    for name in outputs:
+        paths.processing_output(name).mkdir(parents=True, exist_ok=True)
+    paths.message.parent.mkdir(parents=True, exist_ok=True)
+
+
+def write_training_layout(
+    root: Path,
+    channels: dict[str, Path],
+    hyperparameters: dict[str, object],
+    instance_type: str = "local",
+    how: str = "copy",
+) -> Path:
+    """A complete training-job folder with each channel's local source placed in it."""
+    paths = MlPaths(Path(root))
+    write_training_config(paths, encode_hyperparameters(hyperparameters), channels, instance_type)
+    for name, source in channels.items():
+        place(Path(source), paths.channel(name), how)
+    return paths.root
+
+
+def write_processing_layout(
+    root: Path,
+    inputs: dict[str, Path],
+    outputs: tuple[str, ...] = (REPORT_OUTPUT,),
+    arguments: list[str] | None = None,
+    how: str = "copy",
+) -> Path:
+    """A complete processing-job folder with each input's local source placed in it."""
+    paths = MlPaths(Path(root))
+    write_processing_config(
+        paths,
+        "local-evaluate",
+        {name: Path(source).resolve().as_uri() for name, source in inputs.items()},
+        {name: "" for name in outputs},
+        entrypoint=["evaluate"],
+        arguments=arguments,
+    )
+    for name, source in inputs.items():
+        place(Path(source), paths.processing_input(name), how)
+    return paths.root

@@ -1,0 +1,164 @@
+"""Atomic training checkpoints: what a restarted job needs to continue exactly.
+
+A checkpoint is a folder `step-000012/` holding `state.pt` (trainable weights,
+optimizer, KL coefficient, step, RNG states) written under a
+temporary name and renamed into place, so a reader never sees half of one.
+Only tensors and a JSON string are stored, so loading uses
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+PREFIX = "step-"
+
+
+@dataclass
+class Snapshot:
+    step: int  # PPO steps completed, which is also the batches taken from the data order
+    kl_coef: float
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "kl_coef": self.kl_coef,
+            "trainable": self.trainable,
+            "optimizer": self.optimizer,
+            "rng": self.rng,
+        }
+
+
+def capture_rng(length_sampler_rng: np.random.RandomState) -> dict:
+    def numpy_state(state):
+        name, keys, pos, has_gauss, cached = state
+        return {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        }
+
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": numpy_state(np.random.get_state()),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "lengths": numpy_state(length_sampler_rng.get_state()),
+    }
+
+
+def restore_rng(rng: dict, length_sampler_rng: np.random.RandomState) -> None:
+    def numpy_state(d):
+        return ("MT19937", d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(numpy_state(rng["numpy"]))
+    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))  # JSON gave lists
+    length_sampler_rng.set_state(numpy_state(rng["lengths"]))
+
+
+def _clone(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def take_snapshot(step, kl_coef, model, optimizer, length_sampler_rng) -> Snapshot:
+    """An in-memory copy (LoRA + value head + Adam state: tens of MB) of the state after a finished step."""
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return Snapshot(
+        step=step,
+        kl_coef=float(kl_coef),
+        trainable=trainable,
+        optimizer=_clone(optimizer.state_dict()),
+        rng=capture_rng(length_sampler_rng),
+    )
+
+
+def _pack(obj, tensors: dict) -> object:
+    """Tensors go to a flat dict; everything else to JSON. torch 1.13's weights_only loader
+    refuses Python floats, so scalars travel as a JSON string."""
+    if torch.is_tensor(obj):
+        key = str(len(tensors))
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_pack(k, tensors), _pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, tensors) for v in obj]
+    return obj
+
+
+def _unpack(obj, tensors: dict) -> object:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        return {_unpack(k, tensors): _unpack(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    return obj
+
+
+def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{PREFIX}{snapshot.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    tensors: dict[str, torch.Tensor] = {}
+    meta = json.dumps(_pack(snapshot.to_dict(), tensors))
+    torch.save({"meta": meta, "tensors": tensors}, tmp / STATE_FILE)
+    with open(tmp / STATE_FILE, "rb") as handle:
+        os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(directory: Path) -> Snapshot | None:
+    """The newest readable checkpoint, or None. Unfinished temporaries are ignored."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for folder in sorted(directory.glob(f"{PREFIX}*"), reverse=True):
+        try:
+            saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            state = _unpack(json.loads(saved["meta"]), saved["tensors"])
+        except Exception:  # noqa: BLE001 - a damaged checkpoint: fall back to an older one
+            continue
+        state.pop("position", None)  # written by earlier versions; always equal to step
+        return Snapshot(**state)
+    return None
+
+
+def restore(snapshot: Snapshot, model, optimizer, length_sampler_rng) -> None:
+    params = dict(model.named_parameters())
+    missing = set(snapshot.trainable) - set(params)
+    if missing:
+        raise ValueError(f"checkpoint does not match the model: unknown parameters {sorted(missing)[:3]}")
+    with torch.no_grad():
+        for name, value in snapshot.trainable.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(snapshot.optimizer)
+    restore_rng(snapshot.rng, length_sampler_rng)

@@ -1,0 +1,209 @@
+"""Before/after measurements on the same test prompts.
+
+Both models get the same prompts, generation settings and seed, in the same
+batches (common random numbers: sampling noise that is shared cancels in the
+paired difference). Each response is scored once by the reward model on
+`rewards.reward_text(query, response)` (the text the train job rewards and the
+notebook's toxicity evaluation scored):
+  toxicity = softmax probability of `toxic_label` (the `evaluate` toxicity measurement),
+  reward   = logit of `reward_label` (what PPO maximised),
+and by ROUGE-1/2/L F1 against the reference summary, so that a detox bought by
+ruining the summaries shows. `response_toxicity` scores the response alone: the
+query is the same on both sides and can dominate the classifier's verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.paths import ADAPTER_INFO
+from flan_t5_detox.contract.settings import EvalConfig
+from flan_t5_detox.ml import generation
+from flan_t5_detox.ml.data import Example
+from flan_t5_detox.ml.rewards import RewardModel, reward_text
+from flan_t5_detox.ml.stats import PairedComparison, compare_paired
+
+log = logging.getLogger("flan_t5_detox.evaluation")
+logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs a line per scorer
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+# Every per-response measurement, in report order.
+METRICS = ("toxicity", "response_toxicity", "reward", *ROUGE_TYPES, "length")
+
+
+@dataclass
+class Side:
+    """One model's responses and per-response measurements, aligned with the examples."""
+
+    responses: list[str]
+    values: dict[str, np.ndarray]  # METRICS -> one value per response
+    generate_seconds: float
+    score_seconds: float
+
+
+@dataclass
+class Throughput:
+    samples: int
+    generate_seconds: float  # both models
+    score_seconds: float  # reward model + ROUGE, both models
+    samples_per_second: float  # test dialogues fully evaluated (2 generations + scoring) per second
+    responses_per_second: float
+
+
+@dataclass
+class Evaluation:
+    examples: list[Example]
+    test_split_size: int
+    before: Side
+    after: Side
+    comparisons: dict[str, PairedComparison] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.examples)
+
+    def throughput(self) -> Throughput:
+        gen = self.before.generate_seconds + self.after.generate_seconds
+        score = self.before.score_seconds + self.after.score_seconds
+        total = max(gen + score, 1e-9)
+        return Throughput(self.n, gen, score, self.n / total, 2 * self.n / total)
+
+
+def select_examples(test: list[Example], num_samples: int) -> list[Example]:
+    """The first `num_samples` test examples (0 = all): the split is unshuffled, so this is stable."""
+    if not test:
+        raise JobInputError("the test split is empty: supply more dialogues or raise test_size")
+    chosen = test[:num_samples] if num_samples else list(test)
+    if len(chosen) < 2:  # one pair has no spread: no interval, no test
+        raise JobInputError(
+            f"paired statistics need at least 2 test dialogues, got {len(chosen)} "
+            f"(num_samples={num_samples}, test split {len(test)}); raise num_samples or supply more data"
+        )
+    missing = [e.id for e in chosen if not e.summary.strip()]
+    if missing:
+        raise JobInputError(
+            f"{len(missing)} test example(s) have no reference summary (e.g. id {missing[0]}); "
+            "ROUGE needs the DialogSum 'summary' column"
+        )
+    return chosen
+
+
+def generate_responses(model, tokenizer, examples: list[Example], config: EvalConfig):
+    """Sample one response per prompt in batches; the RNG is reseeded so every model draws the same noise."""
+    from tqdm import tqdm
+
+    query_ids = [
+        torch.tensor(ids) for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
+    ]
+    settings = generation.SamplingSettings(config.min_length, config.top_k, config.top_p)
+    torch.manual_seed(config.seed)
+    responses: list[torch.Tensor] = []
+    size = config.generation_batch_size
+    for start in tqdm(range(0, len(query_ids), size), desc="generate", unit="batch", file=sys.stderr):
+        chunk = query_ids[start : start + size]
+        responses += generation.generate(
+            model, tokenizer, chunk, [config.max_new_tokens] * len(chunk), settings
+        )
+    texts = generation.decode(tokenizer, responses)
+    # Response tokens without the decoder start token and the closing EOS.
+    lengths = np.array([int((r[1:] != tokenizer.eos_token_id).sum()) for r in responses], dtype=float)
+    return texts, lengths
+
+
+def rouge_scores(references: list[str], responses: list[str]) -> dict[str, np.ndarray]:
+    """ROUGE F1 per response (rouge_score, stemmed, as `evaluate`'s rouge with use_stemmer=True)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scores = [scorer.score(ref, resp) for ref, resp in zip(references, responses)]
+    return {name: np.array([s[name].fmeasure for s in scores]) for name in ROUGE_TYPES}
+
+
+def evaluate_model(
+    model, tokenizer, examples: list[Example], reward_model: RewardModel, config: EvalConfig
+) -> Side:
+    started = time.perf_counter()
+    responses, lengths = generate_responses(model, tokenizer, examples, config)
+    generated = time.perf_counter()
+    toxic = reward_model.index_of(config.toxic_label)
+    scores = reward_model.score([reward_text(e.prompt, r) for e, r in zip(examples, responses)])
+    values = {
+        "toxicity": scores.probabilities[:, toxic].numpy().astype(float),
+        "response_toxicity": reward_model.score(responses).probabilities[:, toxic].numpy().astype(float),
+        "reward": scores.reward.numpy().astype(float),
+        **rouge_scores([e.summary for e in examples], responses),
+        "length": lengths,
+    }
+    scored = time.perf_counter()
+    return Side(responses, values, generated - started, scored - generated)
+
+
+def compare(before: Side, after: Side, config: EvalConfig) -> dict[str, PairedComparison]:
+    return {
+        name: compare_paired(
+            before.values[name], after.values[name], config.confidence, config.bootstrap_samples, config.seed
+        )
+        for name in METRICS
+    }
+
+
+@dataclass
+class Source:
+    """Where a model or adapter came from, and fingerprints of its files."""
+
+    location: str
+    sha256: dict[str, str] = field(default_factory=dict)
+    info: dict | None = None  # adapter_info.json of a trained adapter
+
+
+def describe_source(location: str | Path, origin: str | Path | None = None) -> Source:
+    """Fingerprint `location`; `origin` names where it came from when that differs (an unpacked tarball)."""
+    path = Path(location)
+    if not path.is_dir():  # a hub name
+        return Source(location=str(location))
+    digests = {}
+    for item in sorted(path.iterdir()):
+        if item.is_file() and item.suffix in (".bin", ".safetensors", ".json", ".model"):
+            digest = hashlib.sha256()
+            with item.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            digests[item.name] = digest.hexdigest()
+    info_path = path / ADAPTER_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    return Source(location=str(origin or path), sha256=digests, info=info)
+
+
+def run(
+    before_model,
+    after_model,
+    tokenizer,
+    examples: list[Example],
+    test_split_size: int,
+    reward_model: RewardModel,
+    config: EvalConfig,
+) -> Evaluation:
+    """Generate and score with both models, then compare every metric pairwise."""
+    log.info("evaluating %d test dialogues (of %d in the test split)", len(examples), test_split_size)
+    before = evaluate_model(before_model, tokenizer, examples, reward_model, config)
+    after = evaluate_model(after_model, tokenizer, examples, reward_model, config)
+    evaluation = Evaluation(examples, test_split_size, before, after, compare(before, after, config))
+    speed = evaluation.throughput()
+    log.info(
+        "throughput: %.2f samples/s (%d samples, generation %.1fs, scoring %.1fs, both models)",
+        speed.samples_per_second,
+        speed.samples,
+        speed.generate_seconds,
+        speed.score_seconds,
+    )
+    return evaluation

@@ -1,0 +1,174 @@
+"""Batched sampling of summaries, with each response trimmed after its first EOS.
+
+The lab notebook generates one prompt at a time; trl 0.4.x's batched seq2seq
+generation keeps the pad tokens after EOS, which then count as response tokens
+in the PPO step. Here the whole batch is sampled together and each response
+ends at its first EOS.
+
+Each prompt gets its own token budget (the notebook draws max_new_tokens from
+100..400 per prompt). `model.generate` would run every row until the largest
+budget of its batch; instead our sampling loop (the same distribution as
+`generate`: min_length, then top-k, then top-p, then one draw) lets a row leave
+the batch as soon as it reaches its budget or EOS, so later decoder steps run
+only for the rows still generating (`decoder.IncrementalDecoder` holds the
+key/value caches). Rows never interact, so a response does not depend on what
+else is in its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
+
+from flan_t5_detox.fast.decoder import IncrementalDecoder, decoding_products
+
+
+@dataclass
+class SamplingSettings:
+    min_length: int = 5
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+class LengthSampler:
+    """Draws max_new_tokens uniformly from [low, high) like trl's LengthSampler, but seeded."""
+
+    def __init__(self, low: int, high: int, seed: int):
+        self.low, self.high = low, max(high, low + 1)
+        self.rng = np.random.RandomState(seed)
+
+    def sample(self, n: int) -> list[int]:
+        return self.rng.randint(self.low, self.high, size=n).tolist()
+
+
+def _processors(settings: SamplingSettings, eos_token_id: int) -> LogitsProcessorList:
+    """What `generate` applies for these settings, in its order."""
+    processors = LogitsProcessorList([MinLengthLogitsProcessor(settings.min_length, eos_token_id)])
+    if settings.top_k:
+        processors.append(TopKLogitsWarper(settings.top_k))
+    if settings.top_p < 1.0:
+        processors.append(TopPLogitsWarper(settings.top_p))
+    return processors
+
+
+def draw_tokens(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row from `probs` (batch, vocab), by inverting the CDF with one uniform per row.
+
+    The same distribution as `torch.multinomial`, which draws an exponential for every vocabulary
+    entry of every row at every step. Zero-probability tokens (EOS before min_length) are never
+    drawn: their CDF step is empty.
+    """
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(len(probs), 1, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+
+
+def _seq2seq(model):
+    return model.pretrained_model if hasattr(model, "v_head") else model  # trl's value-head wrapper
+
+
+@torch.no_grad()
+def encode(model, tokenizer, queries: list[torch.Tensor], batch_size: int = 0) -> list[torch.Tensor]:
+    """Each query's encoder states, (query length, d_model), in batches of `batch_size` (0 = all).
+
+    Rows are right-padded within a batch and padding is masked, so a row's states do not
+    depend on its batch; `generate` and the PPO scoring pass can both take them."""
+    encoder = _seq2seq(model).get_encoder()
+    batch_size = batch_size or len(queries)
+    states: list[torch.Tensor] = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        mask = _right_padding_mask(chunk)
+        input_ids = torch.full(mask.shape, tokenizer.pad_token_id)
+        for i, q in enumerate(chunk):
+            input_ids[i, : len(q)] = q
+        hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        states.extend(hidden[i, : len(q)] for i, q in enumerate(chunk))
+    return states
+
+
+def _right_padding_mask(rows: list[torch.Tensor]) -> torch.Tensor:
+    lengths = torch.tensor([len(r) for r in rows])
+    return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
+
+
+def pad_states(states: list[torch.Tensor], length: int | None = None) -> torch.Tensor:
+    """(rows, length, d_model), zeros after each row's own states (positions its mask hides)."""
+    length = length or max(len(s) for s in states)
+    padded = states[0].new_zeros(len(states), length, states[0].shape[-1])
+    for i, row in enumerate(states):
+        padded[i, : len(row)] = row
+    return padded
+
+
+@torch.no_grad()
+def _sample(seq2seq, encoded, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
+    """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
+    decoder = IncrementalDecoder(seq2seq, encoded, attention_mask, max(budgets))
+    with decoding_products(decoder.t5.decoder, decoder.t5.lm_head):
+        return _sample_loop(decoder, budgets, processors, start_id, eos_id)
+
+
+def _sample_loop(decoder: IncrementalDecoder, budgets: list[int], processors, start_id: int, eos_id: int):
+    rows = torch.arange(len(budgets))  # original index of each row still generating
+    left = torch.tensor(budgets)
+    sequences = torch.full((len(budgets), 1), start_id)
+    done: list[torch.Tensor | None] = [None] * len(budgets)
+    while len(rows):
+        logits = decoder.step(sequences[:, -1])
+        scores = processors(sequences, logits.float())
+        tokens = draw_tokens(scores.softmax(dim=-1))
+        sequences, left = torch.cat([sequences, tokens], dim=1), left - 1
+        finished = (tokens[:, 0] == eos_id) | (left <= 0)
+        if finished.any():
+            for i in finished.nonzero()[:, 0].tolist():
+                done[int(rows[i])] = sequences[i].clone()
+            keep = (~finished).nonzero()[:, 0]
+            rows, left, sequences = rows[keep], left[keep], sequences[keep]
+            if len(keep):
+                decoder.keep(keep)
+    return done
+
+
+def generate(
+    model,
+    tokenizer,
+    queries: list[torch.Tensor],
+    budgets: list[int],
+    settings: SamplingSettings,
+    batch_size: int = 0,
+    encoder_states: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Sample one response per query (decoder start token first), in batches of `batch_size` (0 = all).
+
+    `encoder_states` (from `encode`, same model and queries) saves running the encoder again."""
+    seq2seq = _seq2seq(model)
+    start_id = seq2seq.config.decoder_start_token_id
+    processors = _processors(settings, tokenizer.eos_token_id)
+    batch_size = batch_size or len(queries)
+    responses: list[torch.Tensor] = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        if encoder_states is None:
+            states = encode(model, tokenizer, chunk)
+        else:
+            states = encoder_states[start : start + batch_size]
+        responses.extend(
+            _sample(
+                seq2seq,
+                pad_states(states),
+                _right_padding_mask(chunk),
+                budgets[start : start + batch_size],
+                processors,
+                start_id,
+                tokenizer.eos_token_id,
+            )
+        )
+    return responses
+
+
+def decode(tokenizer, responses: list[torch.Tensor]) -> list[str]:
+    return tokenizer.batch_decode([r.tolist() for r in responses], skip_special_tokens=True)

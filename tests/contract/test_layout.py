@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from flan_t5_detox.contract.environment import ProcessingJobEnvironment, TrainingJobEnvironment
+from flan_t5_detox.contract.layout import (
+    encode_hyperparameters,
+    place,
+    write_processing_layout,
+    write_training_layout,
+)
+from flan_t5_detox.contract.paths import CONTAINER, MlPaths
+
+
+def test_hyperparameters_are_encoded_as_the_sdk_sends_them():
+    assert encode_hyperparameters({"a": 1, "b": "x", "c": True}) == {"a": "1", "b": '"x"', "c": "true"}
+
+
+@pytest.mark.parametrize("how", ["copy", "link"])
+def test_place_puts_a_folder_or_a_file_where_the_job_finds_it(tmp_path, how):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    single = tmp_path / "data.jsonl"
+    single.write_text("{}\n")
+    place(folder, tmp_path / "ml" / "a", how)
+    place(single, tmp_path / "ml" / "b", how)
+    place(folder, tmp_path / "ml" / "a", how)  # again: replaced, not nested
+    assert (tmp_path / "ml" / "a" / "config.json").read_text() == "{}"
+    assert (tmp_path / "ml" / "b" / "data.jsonl").read_text() == "{}\n"
+    assert (tmp_path / "ml" / "a").is_symlink() == (how == "link")
+    assert not (tmp_path / "ml" / "a" / "model").exists()
+    with pytest.raises(ValueError, match="copy.*link"):
+        place(folder, tmp_path / "c", "move")
+
+
+def test_a_written_training_layout_reads_back_as_written(tmp_path):
+    source = tmp_path / "data.jsonl"
+    source.write_text("{}\n")
+    root = write_training_layout(tmp_path / "ml", {"dataset": source}, {"batch_size": 8, "dtype": "float32"})
+    env = TrainingJobEnvironment.from_root(root, env={})
+    assert env.hyperparameters == {"batch_size": 8, "dtype": "float32"}
+    assert (env.channel("dataset") / "data.jsonl").is_file()
+    assert env.checkpoint_dir == MlPaths(root).checkpoints and env.model_dir.is_dir()
+    assert (env.current_host, env.hosts) == ("algo-1", ["algo-1"])
+
+
+def test_a_written_processing_layout_reads_back_as_written(tmp_path):
+    source = tmp_path / "adapter"
+    source.mkdir()
+    (source / "adapter_config.json").write_text("{}")
+    root = write_processing_layout(tmp_path / "ml", {"peft_checkpoint": source}, arguments=["--seed", "3"])
+    env = ProcessingJobEnvironment.from_root(root)
+    assert env.input("peft_checkpoint") == MlPaths(root).processing_input("peft_checkpoint")
+    assert env.output("report").is_dir()
+    request = json.loads(MlPaths(root).processing_job_config.read_text())
+    assert request["AppSpecification"]["ContainerArguments"] == ["--seed", "3"]
+    local_path = request["ProcessingInputs"][0]["S3Input"]["LocalPath"]
+    assert (
+        local_path
+        == str(CONTAINER.processing_input("peft_checkpoint"))
+        == "/opt/ml/processing/input/peft_checkpoint"
+    )
+
+
+def test_container_and_local_paths_map_both_ways(tmp_path):
+    paths = MlPaths(tmp_path)
+    assert paths.container_path(paths.channel("dataset")) == "/opt/ml/input/data/dataset"
+    assert paths.local_path("/opt/ml/checkpoints") == paths.checkpoints
+    assert paths.local_path("/elsewhere/x") == Path("/elsewhere/x")  # not under /opt/ml: as given

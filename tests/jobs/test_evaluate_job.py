@@ -1,0 +1,207 @@
+"""The evaluate entrypoint as SageMaker runs it, on /opt/ml-like folders and a real train job's output."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+from detox_entrypoints import evaluate, train
+
+from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
+from flan_t5_detox.ml import report
+from tests.ml.test_evaluation import one_thread  # noqa: F401 - the same autouse fixture here
+
+EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
+SETTINGS = ["--num-samples", "12", "--max-new-tokens", "16", "--generation-batch-size", "6"]
+SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32", "--num-threads", "1"]
+# The names themselves are checked in test_report; here: the job writes every one of them.
+REPORT_FILES = {report.REPORT_JSON, report.COMPARISONS_CSV, report.REPORT_HTML, *report.PLOT_FILES}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_models, sample_dataset):
+    """A real (short) train job's /opt/ml folder: model/ and output/data/."""
+    root = write_training_layout(
+        tmp_path_factory.mktemp("train") / "ml",
+        {
+            "base_model": tiny_models.base_model,
+            "peft_checkpoint": tiny_models.peft_checkpoint,
+            "reward_model": tiny_models.reward_model,
+            "dataset": sample_dataset,
+        },
+        {
+            "max_ppo_steps": 3,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "output_min_length": 8,
+            "num_threads": 1,
+        },
+    )
+    assert train.main(["--ml-root", str(root)]) == 0
+    return root
+
+
+def _inputs(tiny_models, sample_dataset, trained, **overrides):
+    inputs = {
+        "base_model": tiny_models.base_model,
+        "peft_checkpoint": tiny_models.peft_checkpoint,
+        "detoxified": trained / "model",
+        "dataset": sample_dataset,
+        "reward_model": tiny_models.reward_model,
+        "training_output": trained / "output" / "data",
+    }
+    inputs.update(overrides)
+    return {name: path for name, path in inputs.items() if path is not None}
+
+
+def _tarball(folder, dest, name):
+    """As SageMaker packs /opt/ml/model and /opt/ml/output/data: the folder's contents at the archive root."""
+    dest.mkdir(parents=True)
+    with tarfile.open(dest / name, "w:gz") as archive:
+        archive.add(folder, arcname=".")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory, tiny_models, sample_dataset, trained):
+    """One real process, folder inputs, settings as ContainerArguments and one from the environment."""
+    root = write_processing_layout(
+        tmp_path_factory.mktemp("eval") / "ml", _inputs(tiny_models, sample_dataset, trained)
+    )
+    env = dict(
+        os.environ, DETOX_EVAL_SEED="7", DETOX_EVAL_NUM_SAMPLES="3"
+    )  # the argument must win over the latter
+    result = subprocess.run(
+        [*EVALUATE, "evaluate", "--ml-root", str(root), *SETTINGS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    return root, result
+
+
+def test_folder_inputs_give_a_full_report(folder_run):
+    root, result = folder_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (root / "output" / "failure").exists() and not (root / "output" / "message").exists()
+    out = root / "processing" / "output" / "report"
+    assert {p.name for p in out.iterdir()} == REPORT_FILES
+    assert not list((root / "processing" / "output").glob(".report-staging-*"))
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["sample_size"] == 12 and data["settings"]["num_samples"] == 12
+    assert data["settings"]["seed"] == 7  # from DETOX_EVAL_SEED
+    assert data["settings"]["max_new_tokens"] == 16
+    assert all(m["n"] == 12 for m in data["metrics"].values())
+    assert data["training"]["step"] == [1, 2, 3]
+    assert data["models"]["after_adapter"]["info"]["ppo_steps"] == 3
+    assert "adapter_model.bin" in data["models"]["after_adapter"]["sha256"]
+    speed = data["throughput"]
+    assert speed["samples"] == 12 and speed["samples_per_second"] > 0
+    assert "samples/s" in result.stdout  # logged too
+    assert (
+        len((out / "comparisons.csv").read_text().strip().splitlines()) > 12
+    )  # header + 12 (multi-line) rows
+    print(f"tiny evaluate job: {speed['samples_per_second']:.2f} samples/s")
+
+
+def test_model_tar_gz_inputs_give_the_same_numbers(
+    tmp_path, tiny_models, sample_dataset, trained, folder_run, monkeypatch
+):
+    """model.tar.gz and output.tar.gz, as SageMaker writes them, instead of the folders."""
+    inputs = _inputs(
+        tiny_models,
+        sample_dataset,
+        trained,
+        detoxified=_tarball(trained / "model", tmp_path / "model-s3", "model.tar.gz"),
+        training_output=_tarball(trained / "output" / "data", tmp_path / "output-s3", "output.tar.gz"),
+    )
+    root = write_processing_layout(tmp_path / "ml", inputs)
+    assert (root / "processing" / "input" / "detoxified" / "model.tar.gz").is_file()
+    monkeypatch.setenv("DETOX_EVAL_SEED", "7")
+    assert evaluate.main(["--ml-root", str(root), *SETTINGS]) == 0
+    out = root / "processing" / "output" / "report"
+    assert {p.name for p in out.iterdir()} == REPORT_FILES
+    tarball = json.loads((out / "report.json").read_text())
+    folder = json.loads((folder_run[0] / "processing" / "output" / "report" / "report.json").read_text())
+    assert tarball["models"]["after_adapter"]["sha256"] == folder["models"]["after_adapter"]["sha256"]
+    assert tarball["models"]["after_adapter"]["location"].endswith("processing/input/detoxified")
+    assert tarball["training"] == folder["training"]
+    for name, metric in tarball["metrics"].items():
+        assert metric["after"]["mean"] == pytest.approx(folder["metrics"][name]["after"]["mean"], abs=1e-6)
+
+
+def _misfit_adapter(source, dest):
+    """The trained adapter with its LoRA A matrices cut to another model's hidden size."""
+    dest.mkdir()
+    for item in source.iterdir():
+        (dest / item.name).write_bytes(item.read_bytes())
+    weights = torch.load(source / "adapter_model.bin", weights_only=True)
+    weights = {k: (v[:, :16] if "lora_A" in k else v) for k, v in weights.items()}
+    torch.save(weights, dest / "adapter_model.bin")
+    return dest
+
+
+def _unlabelled_reward_model(source, dest):
+    dest.mkdir()
+    for item in source.iterdir():
+        (dest / item.name).write_bytes(item.read_bytes())
+    config = json.loads((dest / "config.json").read_text())
+    config["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}
+    config["label2id"] = {"LABEL_0": 0, "LABEL_1": 1}
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def _short_dialogues(dest):
+    dest.mkdir()
+    rows = [{"id": str(i), "dialogue": "#Person1#: Hi.", "summary": "Hi.", "topic": "t"} for i in range(20)]
+    (dest / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_detoxified", "missing input 'detoxified'"),
+        ("misfit_adapter", "does not fit the base model"),
+        ("empty_test_split", "only 0 dialogue(s)"),
+        ("reward_model_without_label", "has no label 'nothate'"),
+        ("bad_setting", "num_samples must be >= 0"),
+        ("unknown_argument", "did you mean --num-samples"),
+    ],
+)
+def test_bad_input_fails_clearly_and_writes_no_report(
+    case, expected, tmp_path, tiny_models, sample_dataset, trained, capsys
+):
+    overrides, args = {}, list(SETTINGS)
+    if case == "missing_detoxified":
+        overrides["detoxified"] = None
+    elif case == "misfit_adapter":
+        overrides["detoxified"] = _misfit_adapter(trained / "model", tmp_path / "misfit")
+    elif case == "empty_test_split":
+        overrides["dataset"] = _short_dialogues(tmp_path / "short")
+    elif case == "reward_model_without_label":
+        overrides["reward_model"] = _unlabelled_reward_model(tiny_models.reward_model, tmp_path / "rm")
+    elif case == "bad_setting":
+        args += ["--num-samples", "-1"]
+    elif case == "unknown_argument":
+        args += ["--num-sample", "5"]
+    root = write_processing_layout(
+        tmp_path / "ml", _inputs(tiny_models, sample_dataset, trained, **overrides)
+    )
+
+    code = evaluate.main(["evaluate", "--ml-root", str(root), *args])
+
+    assert code == 2  # bad input
+    for name in ("message", "failure"):
+        text = (root / "output" / name).read_text()
+        assert expected in text and text.startswith("Bad input:") and "Traceback" not in text
+    assert expected in capsys.readouterr().err
+    output = root / "processing" / "output"
+    assert list((output / "report").iterdir()) == []
+    assert [p.name for p in output.iterdir()] == ["report"]  # no staging folder left behind

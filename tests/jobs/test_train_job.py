@@ -1,0 +1,161 @@
+"""The train entrypoint as SageMaker runs it: a real process against an /opt/ml-like folder."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from flan_t5_detox.contract.metrics import metric_definitions
+from flan_t5_detox.ml import checkpoint
+from tests.servers import ISOLATION, aws_env, s3_test_client
+
+TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
+
+
+def _run(root, timeout=300):
+    return subprocess.run([*TRAIN, "--ml-root", str(root)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_end_to_end_run_writes_every_output(train_layout, tiny_models):
+    root = train_layout(max_ppo_steps=3)
+    started = time.perf_counter()
+    result = _run(root)
+    print(f"tiny end-to-end train job: {time.perf_counter() - started:.1f}s")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (root / "output" / "failure").exists()
+
+    model_dir = root / "model"
+    for name in (
+        "adapter_config.json",
+        "adapter_model.bin",
+        "value_head.bin",
+        "tokenizer.json",
+        "README.md",
+        "adapter_info.json",
+    ):
+        assert (model_dir / name).is_file(), name
+    assert not list(root.glob(".staging-*"))
+
+    lines = [json.loads(x) for x in (root / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "kl",
+        "returns_mean",
+        "advantages_mean",
+        "time_generate",
+        "time_ppo",
+    ):
+        assert key in lines[0]
+    assert abs(lines[0]["kl"]) < 1e-4  # reference == starting policy
+    summary = json.loads((root / "output" / "data" / "training_summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3
+
+    # Every shipped metric definition scrapes the job's own log.
+    for definition in metric_definitions():
+        assert re.search(definition["Regex"], result.stdout), definition["Name"]
+
+    # Load the adapter the documented way and generate.
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model)
+    model = PeftModel.from_pretrained(base, str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    out = model.generate(**tokenizer(["Summarize: Tom buys a coat."], return_tensors="pt"), max_new_tokens=6)
+    assert out.shape[0] == 1 and out.shape[1] > 1
+
+
+def test_bad_hyperparameter_fails_before_loading_models(train_layout, tmp_path):
+    root = train_layout(batch_size=10, mini_batch_size=4)
+    result = _run(root, timeout=120)
+    assert result.returncode != 0
+    failure = (root / "output" / "failure").read_text()
+    assert "divisible by mini_batch_size" in failure
+    assert "Traceback" not in result.stderr
+    assert not any((root / "model").iterdir())
+
+
+def test_missing_inputs_are_reported(train_layout):
+    root = train_layout()
+    shutil.rmtree(root / "input" / "data" / "peft_checkpoint")
+    result = _run(root, timeout=120)
+    assert result.returncode != 0
+    assert "peft_checkpoint_s3_uri" in (root / "output" / "failure").read_text()
+
+
+def test_sigterm_checkpoints_and_a_restart_resumes_to_the_same_result(train_layout, tmp_path):
+    settings = dict(max_ppo_steps=12, checkpoint_every=0, output_min_length=16, output_max_length=48)
+    root = train_layout(**settings)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [*TRAIN, "--ml-root", str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    metrics = root / "output" / "data" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert time.time() - sent < 120
+    assert proc.returncode == 143, output[-2000:]
+    stopped_at = checkpoint.latest(root / "checkpoints").step
+    assert 3 <= stopped_at < 12  # written by the SIGTERM path (checkpoint_every=0)
+    assert not any((root / "model").iterdir())  # no half-written model
+
+    resumed = _run(root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from checkpoint at step {stopped_at}" in resumed.stdout
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 13))
+
+    # Same data order and RNG: an uninterrupted run gives the same figures.
+    straight = train_layout("uninterrupted", **settings)
+    assert _run(straight).returncode == 0
+    reference = [
+        json.loads(x) for x in (straight / "output" / "data" / "metrics.jsonl").read_text().splitlines()
+    ]
+    # Same seed, data order and RNG state: the stopped-and-resumed run is the uninterrupted one.
+    figures = ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "response_length_mean")
+    assert [[x[k] for k in figures] for x in lines] == [[x[k] for k in figures] for x in reference]
+    assert torch.load(
+        root / "model" / "adapter_model.bin", weights_only=True
+    )  # the resumed run saved a model
+
+
+def test_peft_checkpoint_is_pulled_from_s3(train_layout, tiny_models, s3_server):
+    """No peft_checkpoint channel: the job downloads the adapter from `peft_checkpoint_s3_uri`."""
+    client = s3_test_client(s3_server.url)
+    client.create_bucket(Bucket="detox-inputs")
+    for path in tiny_models.peft_checkpoint.iterdir():
+        client.upload_file(str(path), "detox-inputs", f"models/peft/{path.name}")
+    root = train_layout(max_ppo_steps=1, peft_checkpoint_s3_uri="s3://detox-inputs/models/peft/")
+    shutil.rmtree(root / "input" / "data" / "peft_checkpoint")
+    env = {
+        **os.environ,
+        **ISOLATION,
+        **aws_env(s3_server.url, "http://127.0.0.1:9"),  # S3 only; nothing else is called
+    }
+    result = subprocess.run(
+        [*TRAIN, "--ml-root", str(root)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (root / "model" / "adapter_model.bin").is_file()
+
+    missing = train_layout("missing", max_ppo_steps=1, peft_checkpoint_s3_uri="s3://detox-inputs/nothing/")
+    shutil.rmtree(missing / "input" / "data" / "peft_checkpoint")
+    result = subprocess.run(
+        [*TRAIN, "--ml-root", str(missing)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode != 0
+    assert "s3://detox-inputs/nothing/" in (missing / "output" / "failure").read_text()

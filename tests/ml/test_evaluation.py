@@ -1,0 +1,131 @@
+"""Before/after measurements on the tiny models: what is scored, with which seed, and how."""
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM, pipeline
+
+from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.settings import EvalConfig
+from flan_t5_detox.ml import evaluation
+from flan_t5_detox.ml.adapters import Provenance, save_detox_model
+from flan_t5_detox.ml.data import Example
+from flan_t5_detox.ml.loading import load_tokenizer
+from flan_t5_detox.ml.rewards import RewardModel
+from tests.helpers import tiny_config, tiny_splits, tiny_trainer
+
+CONFIG = EvalConfig(max_new_tokens=16, generation_batch_size=4, bootstrap_samples=500, dtype="float32")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core box, waiting OpenMP threads cost minutes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)  # the jobs run in-process here set it too
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return evaluation.select_examples(tiny_splits(tiny_config()).test, 10)
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tiny_models, tmp_path_factory):
+    """A model/ folder as the train job saves it, after two PPO steps that really move the adapter."""
+    trainer = tiny_trainer(tiny_models, tiny_config(learning_rate=3e-3, max_ppo_steps=2))
+    trainer.run_step()
+    trainer.run_step()
+    out = tmp_path_factory.mktemp("model")
+    provenance = Provenance("tiny", "tiny", "tiny", "nothate")
+    save_detox_model(out, trainer.policy, trainer.tokenizer, tiny_models.peft_checkpoint, provenance, 2)
+    return out
+
+
+def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_models, examples):
+    """Toxicity = softmax P(hate) of the classifier on query + " " + response (the `evaluate` toxicity
+    measurement); reward = the raw `nothate` logit. Checked against a transformers pipeline."""
+    tokenizer = load_tokenizer(tiny_models.base_model)
+    summarizer = evaluation.load_before(
+        str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32
+    )
+    reward_model = RewardModel(tiny_models.reward_model, "nothate", batch_size=3)
+    side = evaluation.evaluate_model(summarizer, tokenizer, examples, reward_model, CONFIG)
+
+    texts = [e.prompt + " " + r for e, r in zip(examples, side.responses)]
+    classifier = pipeline("text-classification", model=str(tiny_models.reward_model), top_k=None)
+    probabilities = classifier(texts, function_to_apply="softmax", truncation=True)
+    logits = classifier(texts, function_to_apply="none", truncation=True)
+    hate = [next(s["score"] for s in row if s["label"] == "hate") for row in probabilities]
+    nothate = [next(s["score"] for s in row if s["label"] == "nothate") for row in logits]
+    np.testing.assert_allclose(side.values["toxicity"], hate, atol=1e-5)
+    np.testing.assert_allclose(side.values["reward"], nothate, atol=1e-4)
+    alone = classifier(side.responses, function_to_apply="softmax", truncation=True)
+    hate_alone = [next(s["score"] for s in row if s["label"] == "hate") for row in alone]
+    np.testing.assert_allclose(side.values["response_toxicity"], hate_alone, atol=1e-5)
+    assert not np.allclose(side.values["response_toxicity"], side.values["toxicity"])
+    assert len(side.responses) == len(examples) and all(isinstance(r, str) for r in side.responses)
+    assert np.all(side.values["length"] <= CONFIG.max_new_tokens)
+    assert side.generate_seconds > 0 and side.score_seconds > 0
+
+
+def test_the_same_model_twice_gives_the_same_responses_and_no_difference(tiny_models, examples):
+    """Both sides are sampled with the same seed: an unchanged model shows exactly zero change."""
+    tokenizer = load_tokenizer(tiny_models.base_model)
+    summarizer = evaluation.load_before(
+        str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32
+    )
+    reward_model = RewardModel(tiny_models.reward_model)
+    result = evaluation.run(summarizer, summarizer, tokenizer, examples, 37, reward_model, CONFIG)
+    assert result.before.responses == result.after.responses
+    for name in evaluation.METRICS:
+        comparison = result.comparisons[name]
+        assert comparison.n == len(examples)
+        assert comparison.mean_diff == 0 and comparison.nonzero_pairs == 0
+        assert comparison.wilcoxon_p == 1 and not comparison.significant
+    speed = result.throughput()
+    assert speed.samples == len(examples) and speed.samples_per_second > 0
+    assert speed.responses_per_second == pytest.approx(2 * speed.samples_per_second)
+
+
+def test_after_model_is_the_trained_adapter_merged_exactly(tiny_models, trained_adapter, examples):
+    """The merged "after" model equals PEFT's documented loading of model/, and differs from "before"."""
+    tokenizer = load_tokenizer(tiny_models.base_model)
+    after = evaluation.load_after(str(tiny_models.base_model), trained_adapter, torch.float32)
+    before = evaluation.load_before(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
+    documented = PeftModel.from_pretrained(
+        AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model), str(trained_adapter)
+    ).eval()
+    enc = tokenizer([e.prompt for e in examples[:4]], return_tensors="pt", padding=True)
+    decoder_ids = torch.zeros((4, 3), dtype=torch.long)
+    with torch.no_grad():
+        merged_logits = after(**enc, decoder_input_ids=decoder_ids).logits
+        peft_logits = documented(**enc, decoder_input_ids=decoder_ids).logits
+        before_logits = before(**enc, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(merged_logits, peft_logits, atol=1e-4, rtol=1e-4)
+    assert (merged_logits - before_logits).abs().max() > 1e-4
+
+
+def test_rouge_scores_against_the_reference():
+    scores = evaluation.rouge_scores(
+        ["Tom buys a coat for winter.", "Mary plans a trip."],
+        ["Tom buys a coat for winter.", "The bank is closed."],
+    )
+    assert scores["rouge1"].tolist() == [1.0, 0.0]
+    assert scores["rougeL"].tolist() == [1.0, 0.0]
+    assert scores["rouge2"][0] == 1.0
+
+
+def test_sample_selection_and_its_errors():
+    test = [Example(str(i), "d", f"summary {i}", "p") for i in range(7)]
+    assert [e.id for e in evaluation.select_examples(test, 3)] == ["0", "1", "2"]
+    assert len(evaluation.select_examples(test, 0)) == 7  # 0 = the whole split
+    assert len(evaluation.select_examples(test, 500)) == 7
+    with pytest.raises(JobInputError, match="test split is empty"):
+        evaluation.select_examples([], 10)
+    with pytest.raises(JobInputError, match="at least 2 test dialogues, got 1"):
+        evaluation.select_examples(test, 1)
+    with pytest.raises(JobInputError, match="no reference summary"):
+        evaluation.select_examples([*test, Example("x", "d", " ", "p")], 10)

@@ -1,0 +1,73 @@
+import torch
+
+from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, draw_tokens, encode, generate
+from tests.helpers import eight_responses, tiny_config, tiny_trainer
+
+
+def test_length_sampler_is_seeded_and_in_range():
+    a, b = LengthSampler(100, 400, 3).sample(50), LengthSampler(100, 400, 3).sample(50)
+    assert a == b and all(100 <= n < 400 for n in a)
+
+
+def test_batched_generation_has_no_pads_after_eos_and_respects_budgets(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    budgets = [3, 30, 12, 7, 30, 5, 9, 20]
+    torch.manual_seed(0)
+    responses = generate(
+        trainer.policy, trainer.tokenizer, trainer.query_ids[:8], budgets, SamplingSettings(2, 0, 1)
+    )
+    eos, pad = trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id
+    for response, budget in zip(responses, budgets):
+        assert response[0] == pad  # decoder start token
+        assert len(response) - 1 <= budget
+        body = response[1:]
+        assert pad not in body.tolist()
+        assert eos not in body[:-1].tolist()  # EOS, if any, is last
+
+
+def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
+    """Padding must not leak: the same response gets the same per-token log-probs alone or in a batch."""
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=8))
+    queries, responses = eight_responses(trainer, seed=1)
+    assert len({len(r) for r in responses}) > 2 and len({len(q) for q in queries}) > 2  # real padding happens
+
+    def logprobs(qs, rs, fbs):
+        trainer.trl.config.mini_batch_size = fbs
+        inputs = trainer.trl.prepare_model_inputs(qs, rs)
+        with torch.no_grad():
+            lp, _, _, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs)
+        return [row[mask.bool()] for row, mask in zip(lp, masks)]
+
+    batched = logprobs(queries, responses, 8)
+    for i in range(8):
+        alone = logprobs([queries[i]], [responses[i]], 1)[0]
+        assert len(alone) == len(responses[i]) - 2  # trl scores tokens 2..n of a seq2seq response
+        torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token():
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    draws = torch.cat([draw_tokens(probs) for _ in range(20000)], dim=1)
+    first = torch.bincount(draws[0], minlength=5).float() / draws.shape[1]
+    assert first[1] == 0 and first[4] == 0
+    torch.testing.assert_close(first, probs[0], atol=0.015, rtol=0)  # 4+ standard errors
+    assert (draws[1] == 4).all()
+
+
+def test_encoder_states_computed_once_give_the_same_responses(tiny_models):
+    """`encode` then `generate(encoder_states=...)`, as a PPO step does, samples exactly what
+    `generate` samples with its own encoder pass, in one batch or several."""
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    queries, budgets = trainer.query_ids[:6], [9, 4, 12, 7, 12, 5]
+    for batch_size in (0, 4):
+        torch.manual_seed(0)
+        own = generate(trainer.policy, trainer.tokenizer, queries, budgets, SamplingSettings(), batch_size)
+        states = encode(trainer.policy, trainer.tokenizer, queries, batch_size)
+        assert [len(s) for s in states] == [len(q) for q in queries]
+        torch.manual_seed(0)
+        given = generate(
+            trainer.policy, trainer.tokenizer, queries, budgets, SamplingSettings(), batch_size, states
+        )
+        assert all(torch.equal(a, b) for a, b in zip(own, given))
