@@ -9,7 +9,7 @@ from transformers import AutoModelForSeq2SeqLM, pipeline
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml import evaluation
-from flan_t5_detox.ml.adapters import Provenance, save_detox_model
+from flan_t5_detox.ml.adapters import Provenance, load_merged, save_detox_model
 from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.rewards import RewardModel
@@ -48,9 +48,7 @@ def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_model
     """Toxicity = softmax P(hate) of the classifier on query + " " + response (the `evaluate` toxicity
     measurement); reward = the raw `nothate` logit. Checked against a transformers pipeline."""
     tokenizer = load_tokenizer(tiny_models.base_model)
-    summarizer = evaluation.load_before(
-        str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32
-    )
+    summarizer = load_merged(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
     reward_model = RewardModel(tiny_models.reward_model, "nothate", batch_size=3)
     side = evaluation.evaluate_model(summarizer, tokenizer, examples, reward_model, CONFIG)
 
@@ -74,9 +72,7 @@ def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_model
 def test_the_same_model_twice_gives_the_same_responses_and_no_difference(tiny_models, examples):
     """Both sides are sampled with the same seed: an unchanged model shows exactly zero change."""
     tokenizer = load_tokenizer(tiny_models.base_model)
-    summarizer = evaluation.load_before(
-        str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32
-    )
+    summarizer = load_merged(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
     reward_model = RewardModel(tiny_models.reward_model)
     result = evaluation.run(summarizer, summarizer, tokenizer, examples, 37, reward_model, CONFIG)
     assert result.before.responses == result.after.responses
@@ -93,8 +89,8 @@ def test_the_same_model_twice_gives_the_same_responses_and_no_difference(tiny_mo
 def test_after_model_is_the_trained_adapter_merged_exactly(tiny_models, trained_adapter, examples):
     """The merged "after" model equals PEFT's documented loading of model/, and differs from "before"."""
     tokenizer = load_tokenizer(tiny_models.base_model)
-    after = evaluation.load_after(str(tiny_models.base_model), trained_adapter, torch.float32)
-    before = evaluation.load_before(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
+    after = load_merged(str(tiny_models.base_model), trained_adapter, torch.float32)
+    before = load_merged(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
     documented = PeftModel.from_pretrained(
         AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model), str(trained_adapter)
     ).eval()
