@@ -101,7 +101,7 @@ base() {
     local mirror root
     mirror=$(debian_mirror)  # empty: debootstrap's own default mirror
     root=$(mktemp -d /var/tmp/detox-rootfs.XXXXXX)
-    log "debootstrap bookworm from ${mirror:-debootstrap's default mirror}"
+    log "debootstrap bookworm from ${mirror:-the default mirror of debootstrap}"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$root" $mirror >"$STATE/debootstrap.log" 2>&1 ||
         { tail -20 "$STATE/debootstrap.log" >&2; rm -rf "$root"; return 1; }
@@ -141,7 +141,7 @@ build() {
 test_image() {
     log "container tests"
     CI=${CI:-true} DETOX_IMAGE=$IMAGE DOCKER=$DOCKER python -m pytest -q -p no:cacheprovider -m docker \
-        tests/test_container.py
+        tests/container/test_container.py
 }
 
 case "${1:-all}" in
