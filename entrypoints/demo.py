@@ -34,6 +34,7 @@ TRAIN_HYPERPARAMETERS = {
     # that wait for each other make torch many times slower.
     "num_threads": 1,
 }
+KEPT_ADAPTERS = 4  # adapters kept along the way (save_adapter_every), for the report's trade-off curve
 # The evaluate job keeps its defaults (whole test split of the sample, 100 new tokens); fp32 so
 # the demo gives the same numbers on every CPU.
 EVALUATE_ARGUMENTS = ["--dtype", "float32", "--num-threads", "1"]
@@ -92,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     train_root = write_training_layout(
-        out / "train", inputs, {**TRAIN_HYPERPARAMETERS, "max_ppo_steps": args.steps}
+        out / "train",
+        inputs,
+        {
+            **TRAIN_HYPERPARAMETERS,
+            "max_ppo_steps": args.steps,
+            "save_adapter_every": max(1, args.steps // (KEPT_ADAPTERS + 1)),
+        },
     )
     print(f"[demo] train job: detox-train --ml-root {train_root}", flush=True)
     code = train.main(["--ml-root", str(train_root)])

@@ -114,8 +114,26 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         len(test),
     )
 
-    # Run.
+    # Run: before and after, then every adapter the train job kept along the way.
     result = evaluation.run(before, after, tokenizer, examples, len(test), reward_model, config)
+    kept = adapters.step_adapters(inputs.after_adapter)
+    if kept:
+        final_step = int(
+            (adapters.read_adapter_info(inputs.after_adapter) or {}).get("ppo_steps", max(kept) + 1)
+        )
+        sides = {
+            step: evaluation.evaluate_model(
+                adapters.load_merged(inputs.base_model, folder, machine.dtype),
+                tokenizer,
+                examples,
+                reward_model,
+                config,
+            )
+            for step, folder in kept.items()
+            if step != final_step
+        }
+        kl = dict(zip(curves.step, curves.kl)) if curves else None
+        result.curve = evaluation.tradeoff_curve(result, sides, final_step, config, kl)
 
     # Save.
     context = report.ReportContext(

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -64,13 +65,22 @@ def train(env: TrainingJobEnvironment) -> int:
         summarization,
         config.seed,
     )
-    reward_model = RewardModel(inputs.reward_model, config.reward_label, batch_size=config.batch_size)
+    reward_model = RewardModel(
+        inputs.reward_model, config.reward_label, config.reward_input, batch_size=config.batch_size
+    )
     trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_model.rewards)
 
-    # Run.
+    # Run. Adapters kept along the way live beside the checkpoints, so a restarted job has them.
     started = time.time()
     metrics = MetricsLog(env.output_data_dir / "metrics.jsonl")
-    run = TrainingRun(trainer, env.checkpoint_dir, metrics, config.checkpoint_every)
+    provenance = adapters.Provenance(**inputs.origins, reward_label=config.reward_label)
+    kept = env.checkpoint_dir / adapters.STEPS_DIR
+
+    def keep_adapter(step: int) -> None:
+        if config.save_adapter_every and step % config.save_adapter_every == 0:
+            adapters.save_adapter(kept / str(step), policy, inputs.peft_checkpoint, provenance, step)
+
+    run = TrainingRun(trainer, env.checkpoint_dir, metrics, config.checkpoint_every, keep_adapter)
     run.resume()
     outcome = run.run(config.max_ppo_steps)
     if outcome.preempted:
@@ -78,10 +88,12 @@ def train(env: TrainingJobEnvironment) -> int:
 
     # Save: model/ appears whole or not at all.
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=env.model_dir.parent))
-    provenance = adapters.Provenance(**inputs.origins, reward_label=config.reward_label)
     info = adapters.save_detox_model(
         staging, policy, tokenizer, inputs.peft_checkpoint, provenance, outcome.steps
     )
+    for step, folder in adapters.step_adapters(env.checkpoint_dir).items():
+        if step <= outcome.steps:
+            shutil.copytree(folder, staging / adapters.STEPS_DIR / str(step))
     publish(staging, env.model_dir)
     history = metrics.read()
     summary = {

@@ -19,6 +19,9 @@ from flan_t5_detox.contract.failure import JobInputError
 DEFAULT_BASE_MODEL = "google/flan-t5-base"
 DEFAULT_DATASET = "knkarthick/dialogsum"
 DEFAULT_REWARD_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
+# What the reward model reads of a rollout: the prompt and the response (the lab notebook's
+# choice), or the response alone (what the policy controls). See the README for the default.
+REWARD_INPUTS = ("response", "query_response")
 
 
 @dataclass
@@ -29,6 +32,7 @@ class TrainConfig:
     dataset_name: str = DEFAULT_DATASET
     reward_model_name: str = DEFAULT_REWARD_MODEL
     reward_label: str = "nothate"  # the rewarded class, chosen by name, never by index
+    reward_input: str = "response"  # one of REWARD_INPUTS
 
     # Data (notebook: 200 < len(dialogue) <= 1000, 80/20 split without shuffle).
     input_min_text_length: int = 200
@@ -65,6 +69,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     num_threads: int = 0  # 0 = one per available CPU
     checkpoint_every: int = 1  # PPO steps between checkpoints; 0 = only on SIGTERM/end
+    save_adapter_every: int = 0  # keep the adapter every n PPO steps in model/steps/<n>/; 0 = never
     max_kl: float = 100.0  # abort (with a report of the last good step) when mean KL exceeds this
 
 
@@ -74,6 +79,7 @@ class EvalConfig:
     dataset_name: str = DEFAULT_DATASET
     reward_model_name: str = DEFAULT_REWARD_MODEL
     reward_label: str = "nothate"
+    reward_input: str = "response"  # what the reward (and so the headline toxicity) reads
     toxic_label: str = "hate"
     input_min_text_length: int = 200
     input_max_text_length: int = 1000
@@ -164,6 +170,10 @@ def validate(settings) -> None:
             problems.append(f"{f.name} must be finite, got {value}")
     if settings.dtype not in _DTYPES:
         problems.append(f"dtype must be one of {', '.join(_DTYPES)}, got {settings.dtype!r}")
+    if settings.reward_input not in REWARD_INPUTS:
+        problems.append(
+            f"reward_input must be one of {', '.join(REWARD_INPUTS)}, got {settings.reward_input!r}"
+        )
     if settings.num_threads < 0:
         problems.append("num_threads must be >= 0 (0 = one per CPU)")
     if not 0 < settings.test_size < 1:
@@ -193,8 +203,8 @@ def validate(settings) -> None:
             problems.append("learning_rate must be > 0")
         if s.init_kl_coef < 0 or s.max_kl <= 0:
             problems.append("init_kl_coef must be >= 0 and max_kl > 0")
-        if s.checkpoint_every < 0 or s.generation_batch_size < 0:
-            problems.append("checkpoint_every and generation_batch_size must be >= 0")
+        if s.checkpoint_every < 0 or s.generation_batch_size < 0 or s.save_adapter_every < 0:
+            problems.append("checkpoint_every, save_adapter_every and generation_batch_size must be >= 0")
         if s.peft_checkpoint_s3_uri and not s.peft_checkpoint_s3_uri.startswith("s3://"):
             problems.append(f"peft_checkpoint_s3_uri must start with s3://, got {s.peft_checkpoint_s3_uri!r}")
     if isinstance(settings, EvalConfig):

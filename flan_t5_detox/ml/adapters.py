@@ -153,21 +153,48 @@ class AdapterInfo:
     ppo_steps: int
 
 
-def save_detox_model(
-    out_dir: Path, policy, tokenizer, summarization_dir: Path, provenance: Provenance, ppo_steps: int
+def save_adapter(
+    out_dir: Path, policy, summarization_dir: Path, provenance: Provenance, ppo_steps: int
 ) -> AdapterInfo:
-    """Write model/: the combined adapter (PEFT format), value head, tokenizer, info and README."""
+    """The combined adapter (PEFT format) and its adapter_info.json: a loadable adapter."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config, weights = combined_adapter(summarization_dir, policy.pretrained_model)
     info = AdapterInfo(**asdict(provenance), rank=config.r, ppo_steps=ppo_steps)
     config.save_pretrained(str(out_dir))
     torch.save(weights, out_dir / ADAPTER_WEIGHTS)
+    (out_dir / ADAPTER_INFO).write_text(json.dumps(asdict(info), indent=2))
+    return info
+
+
+def save_detox_model(
+    out_dir: Path, policy, tokenizer, summarization_dir: Path, provenance: Provenance, ppo_steps: int
+) -> AdapterInfo:
+    """Write model/: the combined adapter, value head, tokenizer, info and README."""
+    info = save_adapter(out_dir, policy, summarization_dir, provenance, ppo_steps)
     torch.save({k: v.float() for k, v in policy.v_head.state_dict().items()}, out_dir / VALUE_HEAD_WEIGHTS)
     tokenizer.save_pretrained(str(out_dir))
-    (out_dir / ADAPTER_INFO).write_text(json.dumps(asdict(info), indent=2))
     (out_dir / "README.md").write_text(MODEL_README.format(base=info.base_model, rank=info.rank))
     return info
+
+
+def read_adapter_info(folder: Path) -> dict | None:
+    """adapter_info.json of a trained adapter, or None for one this project did not write."""
+    path = Path(folder) / ADAPTER_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+STEPS_DIR = "steps"  # model/steps/<n>/: the adapter after PPO step n (`save_adapter_every`)
+
+
+def step_adapters(folder: Path) -> dict[int, Path]:
+    """The adapters a train job kept at chosen steps, by step, under `folder`/steps/ (its model/
+    folder, or its checkpoints folder while it trains)."""
+    folder = Path(folder) / STEPS_DIR
+    if not folder.is_dir():
+        return {}
+    found = {int(p.name): p for p in folder.iterdir() if p.name.isdigit() and (p / ADAPTER_CONFIG).is_file()}
+    return dict(sorted(found.items()))
 
 
 MODEL_README = """# Detoxified FLAN-T5 summarizer (LoRA adapter)
@@ -187,4 +214,5 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 
 `value_head.bin` is PPO's value head (only needed to continue PPO training);
 `adapter_info.json` records the base model, starting adapter, steps and reward model.
+`steps/<n>/`, when present, holds the same kind of adapter after PPO step n.
 """

@@ -2,14 +2,13 @@
 
 Both models get the same prompts, generation settings and seed, in the same
 batches (common random numbers: sampling noise that is shared cancels in the
-paired difference). Each response is scored once by the reward model on
-`rewards.reward_text(query, response)` (the text the train job rewards and the
-notebook's toxicity evaluation scored):
+paired difference). Each response is scored by the reward model twice, on the
+prompt and the response (`toxicity`, the notebook's measurement) and on the
+response alone (`response_toxicity`), whatever the training read:
   toxicity = softmax probability of `toxic_label` (the `evaluate` toxicity measurement),
-  reward   = logit of `reward_label` (what PPO maximised),
+  reward   = logit of `reward_label` on what `reward_input` reads (what PPO maximised),
 and by ROUGE-1/2/L F1 against the reference summary, so that a detox bought by
-ruining the summaries shows. `response_toxicity` scores the response alone: the
-query is the same on both sides and can dominate the classifier's verdict.
+ruining the summaries shows. The headline is the toxicity of what the reward read.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml import generation
 from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.rewards import RewardModel, reward_text
-from flan_t5_detox.ml.stats import PairedComparison, compare_paired
+from flan_t5_detox.ml.stats import PairedComparison, bootstrap_ci, compare_paired
 
 log = logging.getLogger("flan_t5_detox.evaluation")
 logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs a line per scorer
@@ -39,6 +38,8 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs a line p
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # Every per-response measurement, in report order.
 METRICS = ("toxicity", "response_toxicity", "reward", *ROUGE_TYPES, "length")
+# The toxicity metric of each reward input: `toxicity` reads query + response, as the notebook did.
+TOXICITY_OF = {"query_response": "toxicity", "response": "response_toxicity"}
 
 
 @dataclass
@@ -67,6 +68,13 @@ class Evaluation:
     before: Side
     after: Side
     comparisons: dict[str, PairedComparison] = field(default_factory=dict)
+    reward_input: str = "query_response"
+    curve: list[CurvePoint] = field(default_factory=list)  # the trade-off curve, when steps were kept
+
+    @property
+    def trained_toxicity(self) -> str:
+        """The toxicity measured on what the reward read: the one PPO lowered."""
+        return TOXICITY_OF[self.reward_input]
 
     @property
     def n(self) -> int:
@@ -136,11 +144,16 @@ def evaluate_model(
     responses, lengths = generate_responses(model, tokenizer, examples, config)
     generated = time.perf_counter()
     toxic = reward_model.index_of(config.toxic_label)
-    scores = reward_model.score([reward_text(e.prompt, r) for e, r in zip(examples, responses)])
+    scores = {
+        reward_input: reward_model.score(
+            [reward_text(e.prompt, r, reward_input) for e, r in zip(examples, responses)]
+        )
+        for reward_input in ("query_response", "response")
+    }
     values = {
-        "toxicity": scores.probabilities[:, toxic].numpy().astype(float),
-        "response_toxicity": reward_model.score(responses).probabilities[:, toxic].numpy().astype(float),
-        "reward": scores.reward.numpy().astype(float),
+        "toxicity": scores["query_response"].probabilities[:, toxic].numpy().astype(float),
+        "response_toxicity": scores["response"].probabilities[:, toxic].numpy().astype(float),
+        "reward": scores[config.reward_input].reward.numpy().astype(float),
         **rouge_scores([e.summary for e in examples], responses),
         "length": lengths,
     }
@@ -197,7 +210,9 @@ def run(
     log.info("evaluating %d test dialogues (of %d in the test split)", len(examples), test_split_size)
     before = evaluate_model(before_model, tokenizer, examples, reward_model, config)
     after = evaluate_model(after_model, tokenizer, examples, reward_model, config)
-    evaluation = Evaluation(examples, test_split_size, before, after, compare(before, after, config))
+    evaluation = Evaluation(
+        examples, test_split_size, before, after, compare(before, after, config), config.reward_input
+    )
     speed = evaluation.throughput()
     log.info(
         "throughput: %.2f samples/s (%d samples, generation %.1fs, scoring %.1fs, both models)",
@@ -207,3 +222,68 @@ def run(
         speed.score_seconds,
     )
     return evaluation
+
+
+@dataclass
+class Estimate:
+    mean: float
+    ci_low: float
+    ci_high: float
+
+
+def estimate(values: np.ndarray, config: EvalConfig) -> Estimate:
+    low, high = bootstrap_ci(values, config.confidence, config.bootstrap_samples, config.seed)
+    return Estimate(float(np.mean(values)), low, high)
+
+
+@dataclass
+class CurvePoint:
+    """One model on the trade-off curve: the summarizer after `step` PPO steps (0 = the start)."""
+
+    step: int
+    toxicity: Estimate  # of what the reward read (`Evaluation.trained_toxicity`)
+    rouge_l: Estimate
+    toxicity_change: PairedComparison  # against the starting summarizer, same prompts
+    rouge_l_change: PairedComparison
+    kl: float | None  # the train job's mean KL at that step (metrics.jsonl), if given
+
+
+def tradeoff_curve(
+    evaluation: Evaluation,
+    steps: dict[int, Side],
+    final_step: int,
+    config: EvalConfig,
+    kl_by_step: dict[int, float | None] | None = None,
+) -> list[CurvePoint]:
+    """Toxicity and ROUGE-L of every evaluated step's summarizer, each against the start.
+
+    `steps` holds the sides of the kept adapters (same prompts, settings and seed as the
+    evaluation's); the start is `evaluation.before` and step `final_step` its `after`."""
+    kl_by_step = kl_by_step or {}
+    sides = {0: evaluation.before, **steps, final_step: evaluation.after}
+    metric, start = evaluation.trained_toxicity, evaluation.before
+    points = []
+    for step, side in sorted(sides.items()):
+        points.append(
+            CurvePoint(
+                step=step,
+                toxicity=estimate(side.values[metric], config),
+                rouge_l=estimate(side.values["rougeL"], config),
+                toxicity_change=compare_paired(
+                    start.values[metric],
+                    side.values[metric],
+                    config.confidence,
+                    config.bootstrap_samples,
+                    config.seed,
+                ),
+                rouge_l_change=compare_paired(
+                    start.values["rougeL"],
+                    side.values["rougeL"],
+                    config.confidence,
+                    config.bootstrap_samples,
+                    config.seed,
+                ),
+                kl=0.0 if step == 0 else kl_by_step.get(step),
+            )
+        )
+    return points

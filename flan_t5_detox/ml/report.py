@@ -35,16 +35,21 @@ from flan_t5_detox.ml.stats import PairedComparison
 REPORT_JSON = "report.json"
 COMPARISONS_CSV = "comparisons.csv"
 REPORT_HTML = "report.html"
-PLOT_FILES = ("toxicity_distribution.png", "paired_differences.png", "training_curves.png")
+PLOT_FILES = ("toxicity_distribution.png", "paired_differences.png", "training_curves.png", "tradeoff.png")
+TRADEOFF_CSV = "tradeoff.csv"
 
 LABELS = {
-    "toxicity": "Toxicity (P(hate))",
-    "response_toxicity": "Toxicity of the response alone",
-    "reward": "Reward (nothate logit)",
+    "toxicity": "Toxicity of prompt + response (P(hate))",
+    "response_toxicity": "Toxicity of the response alone (P(hate))",
+    "reward": "Reward (nothate logit of what the reward reads)",
     "rouge1": "ROUGE-1 F1",
     "rouge2": "ROUGE-2 F1",
     "rougeL": "ROUGE-L F1",
     "length": "Response length (tokens)",
+}
+HEADLINE_NAMES = {
+    "toxicity": "toxicity of prompt + response",
+    "response_toxicity": "toxicity of the response alone",
 }
 PLOTTED = ("toxicity", "response_toxicity", "reward")  # the distributions and differences drawn
 BEFORE_COLOR, AFTER_COLOR, DIFF_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
@@ -124,8 +129,11 @@ def report_data(evaluation: Evaluation, context: ReportContext) -> dict:
             "sample_size": evaluation.n,
             "test_split_size": evaluation.test_split_size,
             "difference": "after - before, paired by test dialogue",
+            "reward_input": evaluation.reward_input,
+            "headline_metric": evaluation.trained_toxicity,
             "toxicity_relative_improvement": {
-                **toxicity_improvement(evaluation.comparisons["toxicity"]),
+                **toxicity_improvement(evaluation.comparisons[evaluation.trained_toxicity]),
+                "metric": evaluation.trained_toxicity,
                 "definition": "(mean_before - mean_after) / mean_before; CI from the same bootstrap",
                 "sample_size": evaluation.n,
             },
@@ -138,13 +146,49 @@ def report_data(evaluation: Evaluation, context: ReportContext) -> dict:
             "training": dataclasses.asdict(context.training) if context.training else None,
             "training_summary": context.training_summary,
             "created": context.created,
-            "files": [COMPARISONS_CSV, REPORT_HTML, *plot_names(context)],
+            "tradeoff": [dataclasses.asdict(point) for point in evaluation.curve],
+            "files": [
+                COMPARISONS_CSV,
+                REPORT_HTML,
+                *([TRADEOFF_CSV] if evaluation.curve else []),
+                *plot_names(evaluation, context),
+            ],
         }
     )
 
 
-def plot_names(context: ReportContext) -> list[str]:
-    return list(PLOT_FILES if context.training else PLOT_FILES[:2])
+def plot_names(evaluation: Evaluation, context: ReportContext) -> list[str]:
+    names = list(PLOT_FILES[:2])
+    if context.training:
+        names.append("training_curves.png")
+    if evaluation.curve:
+        names.append("tradeoff.png")
+    return names
+
+
+def tradeoff_rows(evaluation: Evaluation) -> list[dict]:
+    """One row per evaluated step: toxicity (of what the reward read), ROUGE-L, KL."""
+    rows = []
+    for point in evaluation.curve:
+        rows.append(
+            {
+                "step": point.step,
+                "toxicity_mean": point.toxicity.mean,
+                "toxicity_ci_low": point.toxicity.ci_low,
+                "toxicity_ci_high": point.toxicity.ci_high,
+                "toxicity_change": point.toxicity_change.mean_diff,
+                "toxicity_change_ci_low": point.toxicity_change.ci_low,
+                "toxicity_change_ci_high": point.toxicity_change.ci_high,
+                "rougeL_mean": point.rouge_l.mean,
+                "rougeL_ci_low": point.rouge_l.ci_low,
+                "rougeL_ci_high": point.rouge_l.ci_high,
+                "rougeL_change": point.rouge_l_change.mean_diff,
+                "rougeL_change_ci_low": point.rouge_l_change.ci_low,
+                "rougeL_change_ci_high": point.rouge_l_change.ci_high,
+                "kl": point.kl,
+            }
+        )
+    return rows
 
 
 def comparison_rows(evaluation: Evaluation) -> list[dict]:
@@ -165,6 +209,8 @@ def comparison_rows(evaluation: Evaluation) -> list[dict]:
                 "toxicity_before": float(before.values["toxicity"][i]),
                 "toxicity_after": float(after.values["toxicity"][i]),
                 "toxicity_diff": float(after.values["toxicity"][i] - before.values["toxicity"][i]),
+                "response_toxicity_before": float(before.values["response_toxicity"][i]),
+                "response_toxicity_after": float(after.values["response_toxicity"][i]),
             }
         )
     return sorted(rows, key=lambda row: -row["reward_diff"])  # stable: ties keep test order
@@ -245,6 +291,55 @@ def plot_training(curves: TrainingCurves) -> bytes:
     return _png(fig)
 
 
+def plot_tradeoff(evaluation: Evaluation) -> bytes:
+    fig, (ax_tox, ax_rouge) = _figure(2)
+    rows = tradeoff_rows(evaluation)
+    step = np.array([r["step"] for r in rows])
+    for ax, key, color, label in (
+        (ax_tox, "toxicity", DIFF_COLOR, LABELS[evaluation.trained_toxicity]),
+        (ax_rouge, "rougeL", BEFORE_COLOR, LABELS["rougeL"]),
+    ):
+        mean = np.array([r[f"{key}_mean"] for r in rows])
+        low, high = (
+            np.array([r[f"{key}_ci_low"] for r in rows]),
+            np.array([r[f"{key}_ci_high"] for r in rows]),
+        )
+        ax.errorbar(step, mean, yerr=[mean - low, high - mean], marker="o", color=color, capsize=3)
+        ax.set_xlabel("PPO step (0 = the starting summarizer)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label}, n = {evaluation.n}", fontsize=9)
+    kl = np.array([np.nan if r["kl"] is None else r["kl"] for r in rows], dtype=float)
+    if np.isfinite(kl).any():
+        twin = ax_rouge.twinx()
+        twin.plot(step, kl, linestyle="--", marker="x", color="#7f7f7f")
+        twin.set_ylabel("mean KL at that step (nats)", color="#7f7f7f")
+    return _png(fig)
+
+
+def _tradeoff_table(evaluation: Evaluation) -> str:
+    confidence = f"{100 * evaluation.comparisons['toxicity'].confidence:g}%"
+
+    def cell(mean, low, high, signed=False):
+        value = f"{mean:+.4g}" if signed else _num(mean)
+        return f"<td>{value} [{_num(low)}, {_num(high)}]</td>"
+
+    body = "".join(
+        f"<tr><td>{r['step']}</td>"
+        + cell(r["toxicity_mean"], r["toxicity_ci_low"], r["toxicity_ci_high"])
+        + cell(r["toxicity_change"], r["toxicity_change_ci_low"], r["toxicity_change_ci_high"], True)
+        + cell(r["rougeL_mean"], r["rougeL_ci_low"], r["rougeL_ci_high"])
+        + cell(r["rougeL_change"], r["rougeL_change_ci_low"], r["rougeL_change_ci_high"], True)
+        + f"<td>{_num(r['kl'])}</td></tr>"
+        for r in tradeoff_rows(evaluation)
+    )
+    return (
+        "<table class='metrics'><tr><th>PPO step</th>"
+        f"<th>{html.escape(LABELS[evaluation.trained_toxicity])} [{confidence} CI]</th>"
+        "<th>change vs start</th>"
+        f"<th>ROUGE-L [{confidence} CI]</th><th>change vs start</th><th>mean KL</th></tr>{body}</table>"
+    )
+
+
 # ---------------------------------------------------------------- HTML
 
 
@@ -265,7 +360,8 @@ def _pct(value: float | None) -> str:
 
 
 def headline(evaluation: Evaluation) -> str:
-    tox = evaluation.comparisons["toxicity"]
+    name = evaluation.trained_toxicity
+    tox = evaluation.comparisons[name]
     improvement = toxicity_improvement(tox)
     confidence = f"{100 * tox.confidence:g}%"
     verdict = (
@@ -275,7 +371,7 @@ def headline(evaluation: Evaluation) -> str:
         "no change is detectable at this sample size"
     )
     return (
-        f"On <b>n = {evaluation.n}</b> test dialogues, mean toxicity went from "
+        f"On <b>n = {evaluation.n}</b> test dialogues, mean {HEADLINE_NAMES[name]} (P(hate)) went from "
         f"<b>{_num(tox.before.mean)}</b> (sd {_num(tox.before.std)}) to <b>{_num(tox.after.mean)}</b> "
         f"(sd {_num(tox.after.std)}): mean paired difference {_num(tox.mean_diff)} "
         f"[{_num(tox.ci_low)}, {_num(tox.ci_high)}], relative improvement "
@@ -351,6 +447,14 @@ def render_html(evaluation: Evaluation, context: ReportContext, plots: dict[str,
         if "training_curves.png" in plots
         else "<p>No training output was given (input <code>training_output</code>).</p>"
     )
+    tradeoff = (
+        "<p>Every summarizer the train job kept (<code>save_adapter_every</code>), on the same prompts, "
+        "settings and seed: pick the step where the drop in toxicity is worth its cost in quality.</p>"
+        + _img("tradeoff.png", plots["tradeoff.png"], "toxicity and ROUGE-L against the PPO step")
+        + _tradeoff_table(evaluation)
+        if "tradeoff.png" in plots
+        else "<p>The train job kept no adapters along the way (<code>save_adapter_every</code> was 0).</p>"
+    )
     details = html.escape(
         json.dumps({k: data[k] for k in ("settings", "models", "versions", "runtime")}, indent=2)
     )
@@ -371,6 +475,8 @@ Highlighted cells: the interval excludes 0.</p>
 {_img("paired_differences.png", plots["paired_differences.png"], "per-dialogue differences after - before")}
 <h2>PPO training curves</h2>
 {training}
+<h2>Trade-off: toxicity and quality against the PPO step (n = {evaluation.n})</h2>
+{tradeoff}
 <h2>Most improved (largest reward gain, of n = {evaluation.n})</h2>
 {best}
 <h2>Most worsened (largest reward loss, of n = {evaluation.n})</h2>
@@ -391,7 +497,11 @@ created {html.escape(context.created)}. All figures are in <code>report.json</co
 def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
     """Move the finished files in (same filesystem: each move is atomic); report.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (REPORT_JSON, *PLOT_FILES):  # an earlier run's files must not mix with this one's
+    for stale in (
+        REPORT_JSON,
+        TRADEOFF_CSV,
+        *PLOT_FILES,
+    ):  # an earlier run's files must not mix with this one's
         if stale not in names and (out_dir / stale).exists():
             (out_dir / stale).unlink()
     for name in sorted(names, key=lambda n: n == REPORT_JSON):
@@ -410,13 +520,19 @@ def write_report(out_dir: Path, evaluation: Evaluation, context: ReportContext) 
         }
         if context.training:
             plots["training_curves.png"] = plot_training(context.training)
+        if evaluation.curve:
+            plots["tradeoff.png"] = plot_tradeoff(evaluation)
         data = report_data(evaluation, context)
         for name, png in plots.items():
             (staging / name).write_bytes(png)
         write_csv(staging / COMPARISONS_CSV, comparison_rows(evaluation))
+        tables = [COMPARISONS_CSV]
+        if evaluation.curve:
+            write_csv(staging / TRADEOFF_CSV, tradeoff_rows(evaluation))
+            tables.append(TRADEOFF_CSV)
         (staging / REPORT_HTML).write_text(render_html(evaluation, context, plots, data))
         (staging / REPORT_JSON).write_text(json.dumps(data, indent=2, allow_nan=False))
-        names = [*plots, COMPARISONS_CSV, REPORT_HTML, REPORT_JSON]
+        names = [*plots, *tables, REPORT_HTML, REPORT_JSON]
         _publish(staging, out_dir, names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -4,8 +4,9 @@ Reward = the raw logit of `reward_label` (default `nothate`), as in the notebook
 Toxicity = the softmax probability of `toxic_label` (default `hate`), the
 semantics of the `evaluate` library's "toxicity" measurement.
 
-What the classifier reads for a rollout is `reward_text(query, response)`, the one rule that
-training, evaluation, tests and benchmarks share.
+What the classifier reads for a rollout is `reward_text(query, response, reward_input)`, the one
+rule that training, evaluation, tests and benchmarks share. When that text is longer than the
+classifier's window its start is dropped, so the response is always read whole.
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from pathlib import Path
 import torch
 
 from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.settings import REWARD_INPUTS
 from flan_t5_detox.ml.loading import load_classifier, load_tokenizer
 
 # Maps (query texts, response texts) to one reward each.
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
-def reward_text(query: str, response: str) -> str:
-    """The text the reward model scores for one rollout: the prompt, then the response (the
-    lab notebook's rule)."""
-    return query + " " + response
+def reward_text(query: str, response: str, reward_input: str = "query_response") -> str:
+    """The text the reward model scores for one rollout: the prompt, then the response (the lab
+    notebook's rule, `query_response`), or the response alone (`response`)."""
+    if reward_input == "response":
+        return response
+    if reward_input == "query_response":
+        return query + " " + response
+    raise ValueError(f"reward_input must be one of {REWARD_INPUTS}, got {reward_input!r}")
 
 
 def label_index(id2label: dict, name: str) -> int:
@@ -49,6 +55,7 @@ class RewardModel:
         self,
         path_or_name: str | Path,
         reward_label: str = "nothate",
+        reward_input: str = "query_response",
         batch_size: int = 16,
         batch_tokens: int = 4096,
     ):
@@ -60,6 +67,7 @@ class RewardModel:
         self.model.eval()
         self.id2label = dict(self.model.config.id2label)
         self.reward_index = label_index(self.id2label, reward_label)
+        self.reward_input = reward_input
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
 
     def index_of(self, label: str) -> int:
@@ -79,8 +87,8 @@ class RewardModel:
         return Scores(reward=logits[:, self.reward_index], probabilities=logits.softmax(dim=-1))
 
     def rewards(self, queries: list[str], responses: list[str]) -> torch.Tensor:
-        """The reward of each rollout (a `RewardFn`)."""
-        return self.score([reward_text(q, r) for q, r in zip(queries, responses)]).reward
+        """The reward of each rollout (a `RewardFn`), on what `reward_input` says it reads."""
+        return self.score([reward_text(q, r, self.reward_input) for q, r in zip(queries, responses)]).reward
 
 
 def length_batches(lengths: list[int], batch_size: int, batch_tokens: int) -> list[list[int]]:

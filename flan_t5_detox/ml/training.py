@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +49,16 @@ class TrainingRun:
     """A DetoxTrainer driven to `max_steps`, its state kept in `checkpoint_dir`."""
 
     def __init__(
-        self, trainer: DetoxTrainer, checkpoint_dir: Path, metrics: MetricsLog, checkpoint_every: int
+        self,
+        trainer: DetoxTrainer,
+        checkpoint_dir: Path,
+        metrics: MetricsLog,
+        checkpoint_every: int,
+        after_step: Callable[[int], None] | None = None,
     ):
         self.trainer, self.checkpoint_dir = trainer, Path(checkpoint_dir)
         self.metrics, self.checkpoint_every = metrics, checkpoint_every
+        self.after_step = after_step  # called with the step number once a step has finished
 
     def resume(self) -> int:
         """Continue from the newest checkpoint, if any; returns the step it starts after."""
@@ -74,6 +81,8 @@ class TrainingRun:
                         self.metrics.append(result.metrics)
                         print(format_metrics_line(result.metrics), flush=True)
                         bar.update(1)
+                        if self.after_step is not None:
+                            self.after_step(trainer.step)
                         if self.checkpoint_every and trainer.step % self.checkpoint_every == 0:
                             checkpoint.write(self.checkpoint_dir, trainer.last_good)
             except Preempted:

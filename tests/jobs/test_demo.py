@@ -26,7 +26,14 @@ def test_demo_command_runs_train_then_evaluate_and_prints_the_report(tmp_path):
     assert page.is_file() and page.name == "report.html"
     report_dir = page.parent
     assert report_dir == out.resolve() / "evaluate" / "processing" / "output" / "report"
-    for name in ("report.json", "comparisons.csv", "toxicity_distribution.png", "training_curves.png"):
+    for name in (
+        "report.json",
+        "comparisons.csv",
+        "tradeoff.csv",
+        "toxicity_distribution.png",
+        "training_curves.png",
+        "tradeoff.png",
+    ):
         assert (report_dir / name).is_file(), name
 
     # The real jobs ran: the train job's model/ and metrics, the evaluate job on that model.
@@ -39,6 +46,9 @@ def test_demo_command_runs_train_then_evaluate_and_prints_the_report(tmp_path):
     assert data["sample_size"] == data["test_split_size"] == 37  # the whole test split of the shipped sample
     assert data["models"]["after_adapter"]["info"]["ppo_steps"] == 10
     assert data["training"]["step"] == steps
+    # The trade-off curve: the start, the adapters kept every 2 steps, and the final one.
+    assert [point["step"] for point in data["tradeoff"]] == [0, 2, 4, 6, 8, 10]
+    assert sorted(p.name for p in (train_root / "model" / "steps").iterdir()) == ["10", "2", "4", "6", "8"]
     assert "[metrics] step=10" in result.stdout
     assert not (out / "train" / "output" / "failure").exists()
     assert not (out / "evaluate" / "output" / "failure").exists()

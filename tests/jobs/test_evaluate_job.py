@@ -18,12 +18,19 @@ EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--num-samples", "12", "--max-new-tokens", "16", "--generation-batch-size", "6"]
 SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32", "--num-threads", "1"]
 # The names themselves are checked in test_report; here: the job writes every one of them.
-REPORT_FILES = {report.REPORT_JSON, report.COMPARISONS_CSV, report.REPORT_HTML, *report.PLOT_FILES}
+REPORT_FILES = {
+    report.REPORT_JSON,
+    report.COMPARISONS_CSV,
+    report.TRADEOFF_CSV,
+    report.REPORT_HTML,
+    *report.PLOT_FILES,
+}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_models, sample_dataset):
-    """A real (short) train job's /opt/ml folder: model/ and output/data/."""
+    """A real (short) train job's /opt/ml folder: model/ (with the adapters of steps 1 and 2 kept in
+    model/steps/) and output/data/."""
     root = write_training_layout(
         tmp_path_factory.mktemp("train") / "ml",
         {
@@ -38,6 +45,7 @@ def trained(tmp_path_factory, tiny_models, sample_dataset):
             "learning_rate": 3e-3,
             "output_min_length": 8,
             "num_threads": 1,
+            "save_adapter_every": 1,
         },
     )
     assert train.main(["--ml-root", str(root)]) == 0
@@ -98,6 +106,15 @@ def test_folder_inputs_give_a_full_report(folder_run):
     assert data["settings"]["max_new_tokens"] == 16
     assert all(m["n"] == 12 for m in data["metrics"].values())
     assert data["training"]["step"] == [1, 2, 3]
+    # The trade-off curve: the start, both kept steps and the final adapter, on the same prompts.
+    curve = data["tradeoff"]
+    assert [p["step"] for p in curve] == [0, 1, 2, 3]
+    assert [p["kl"] for p in curve[1:]] == pytest.approx(data["training"]["kl"])
+    assert curve[0]["toxicity_change"]["mean_diff"] == 0
+    assert curve[-1]["toxicity_change"]["mean_diff"] == pytest.approx(
+        data["metrics"]["response_toxicity"]["mean_diff"]
+    )
+    assert all(p["toxicity"]["ci_low"] <= p["toxicity"]["mean"] <= p["toxicity"]["ci_high"] for p in curve)
     assert data["models"]["after_adapter"]["info"]["ppo_steps"] == 3
     assert "adapter_model.bin" in data["models"]["after_adapter"]["sha256"]
     speed = data["throughput"]

@@ -72,6 +72,29 @@ def test_end_to_end_run_writes_every_output(train_layout, tiny_models):
     assert out.shape[0] == 1 and out.shape[1] > 1
 
 
+def test_adapters_kept_along_the_way_are_loadable_peft_adapters(train_layout, tiny_models):
+    root = train_layout(max_ppo_steps=4, save_adapter_every=2, learning_rate=3e-3)
+    result = _run(root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = sorted(p.name for p in (root / "model" / "steps").iterdir())
+    assert kept == ["2", "4"]
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    enc = tokenizer(["Summarize: Tom buys a coat."], return_tensors="pt")
+    decoder = torch.tensor([[0, 5, 6, 7]])
+    logits = {}
+    for name in (*kept, "final"):
+        folder = root / "model" / ("." if name == "final" else f"steps/{name}")
+        info = json.loads((folder / "adapter_info.json").read_text())
+        assert info["ppo_steps"] == (4 if name == "final" else int(name))
+        base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model)
+        with torch.no_grad():
+            logits[name] = (
+                PeftModel.from_pretrained(base, str(folder)).eval()(**enc, decoder_input_ids=decoder).logits
+            )
+    torch.testing.assert_close(logits["4"], logits["final"])  # step 4 is the end: the same adapter
+    assert not torch.allclose(logits["2"], logits["4"])  # step 2 is an earlier one
+
+
 def test_bad_hyperparameter_fails_before_loading_models(train_layout, tmp_path):
     root = train_layout(batch_size=10, mini_batch_size=4)
     result = _run(root, timeout=120)

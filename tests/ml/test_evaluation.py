@@ -1,5 +1,7 @@
 """Before/after measurements on the tiny models: what is scored, with which seed, and how."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -44,13 +46,16 @@ def trained_adapter(tiny_models, tmp_path_factory):
     return out
 
 
-def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_models, examples):
+@pytest.mark.parametrize("reward_input", ["query_response", "response"])
+def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_models, examples, reward_input):
     """Toxicity = softmax P(hate) of the classifier on query + " " + response (the `evaluate` toxicity
-    measurement); reward = the raw `nothate` logit. Checked against a transformers pipeline."""
+    measurement), and on the response alone, whatever the reward reads; reward = the raw `nothate`
+    logit of what `reward_input` says. Checked against a transformers pipeline."""
     tokenizer = load_tokenizer(tiny_models.base_model)
     summarizer = load_merged(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
     reward_model = RewardModel(tiny_models.reward_model, "nothate", batch_size=3)
-    side = evaluation.evaluate_model(summarizer, tokenizer, examples, reward_model, CONFIG)
+    config = dataclasses.replace(CONFIG, reward_input=reward_input)
+    side = evaluation.evaluate_model(summarizer, tokenizer, examples, reward_model, config)
 
     texts = [e.prompt + " " + r for e, r in zip(examples, side.responses)]
     classifier = pipeline("text-classification", model=str(tiny_models.reward_model), top_k=None)
@@ -59,10 +64,13 @@ def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_model
     hate = [next(s["score"] for s in row if s["label"] == "hate") for row in probabilities]
     nothate = [next(s["score"] for s in row if s["label"] == "nothate") for row in logits]
     np.testing.assert_allclose(side.values["toxicity"], hate, atol=1e-5)
-    np.testing.assert_allclose(side.values["reward"], nothate, atol=1e-4)
     alone = classifier(side.responses, function_to_apply="softmax", truncation=True)
     hate_alone = [next(s["score"] for s in row if s["label"] == "hate") for row in alone]
     np.testing.assert_allclose(side.values["response_toxicity"], hate_alone, atol=1e-5)
+    alone_logits = classifier(side.responses, function_to_apply="none", truncation=True)
+    nothate_alone = [next(s["score"] for s in row if s["label"] == "nothate") for row in alone_logits]
+    expected_reward = nothate if reward_input == "query_response" else nothate_alone
+    np.testing.assert_allclose(side.values["reward"], expected_reward, atol=1e-4)
     assert not np.allclose(side.values["response_toxicity"], side.values["toxicity"])
     assert len(side.responses) == len(examples) and all(isinstance(r, str) for r in side.responses)
     assert np.all(side.values["length"] <= CONFIG.max_new_tokens)

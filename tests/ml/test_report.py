@@ -206,3 +206,48 @@ def test_report_renders_in_headless_chromium_with_its_plots(tmp_path):
     saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 0.3
     assert saturated.sum() > 20000, saturated.sum()
     assert (pixels.min(axis=2) < 0.3).sum() > 5000  # and there is dark text
+
+
+def test_the_tradeoff_curve_is_in_every_report_format(tmp_path):
+    """Kept steps between the start and the final adapter: each on the curve with its CIs and KL."""
+    result = synthetic_evaluation()
+    result.reward_input = "response"
+    rng = np.random.default_rng(3)
+    steps = {}
+    for step, shift in ((2, 0.03), (4, 0.015), (6, 0.01)):
+        values = {k: v.copy() for k, v in result.before.values.items()}
+        values["response_toxicity"] = np.clip(
+            values["response_toxicity"] - shift + rng.normal(0, 0.01, N), 0, 1
+        )
+        steps[step] = Side(result.before.responses, values, 1.0, 1.0)
+    kl = {s: 0.01 * s for s in range(1, 11)}
+    result.curve = evaluation.tradeoff_curve(result, steps, 10, CONFIG, kl)
+    assert [p.step for p in result.curve] == [0, 2, 4, 6, 10]
+    start, final = result.curve[0], result.curve[-1]
+    assert start.toxicity_change.mean_diff == 0 and start.kl == 0
+    assert final.toxicity_change.mean_diff == pytest.approx(result.comparisons["response_toxicity"].mean_diff)
+    assert final.kl == pytest.approx(0.1)
+    for point in result.curve:  # the interval holds the mean it is about
+        assert point.toxicity.ci_low <= point.toxicity.mean <= point.toxicity.ci_high
+        assert point.rouge_l.ci_low <= point.rouge_l.mean <= point.rouge_l.ci_high
+
+    out = tmp_path / "report"
+    report.write_report(out, result, context())
+    data = json.loads((out / "report.json").read_text())
+    assert data["headline_metric"] == "response_toxicity" and [p["step"] for p in data["tradeoff"]] == [
+        0,
+        2,
+        4,
+        6,
+        10,
+    ]
+    assert "tradeoff.csv" in data["files"] and "tradeoff.png" in data["files"]
+    with open(out / "tradeoff.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 6, 10]
+    assert float(rows[2]["toxicity_mean"]) == pytest.approx(result.curve[2].toxicity.mean)
+    page = (out / "report.html").read_text()
+    assert "Trade-off: toxicity and quality against the PPO step" in page
+    assert page.count("<tr><td>") >= 5 and "tradeoff.png" in page
+    assert imread(out / "tradeoff.png").shape[2] in (3, 4)
+    assert "mean toxicity of the response alone" in page  # the headline names what was trained on
