@@ -48,6 +48,8 @@ def test_raw_and_json_encoded_strings_both_parse():
         ({"learning_rate": "nan"}, "learning_rate must be finite"),
         ({"peft_checkpoint_s3_uri": "bucket/key"}, "must start with s3://"),
         ({"test_size": 1.5}, "test_size must be between 0 and 1"),
+        ({"reward_input": "dialogue"}, "reward_input must be one of response, query_response"),
+        ({"save_adapter_every": -1}, "save_adapter_every .* must be >= 0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_reason(values, message):
@@ -59,3 +61,7 @@ def test_eval_settings_validate_too():
     with pytest.raises(JobInputError, match="different classes"):
         parse_settings(EvalConfig, {"reward_label": "hate"})
     assert parse_settings(EvalConfig, {"num_samples": "0"}).num_samples == 0
+    with pytest.raises(JobInputError, match="reward_input must be one of"):
+        parse_settings(EvalConfig, {"reward_input": "both"})
+    assert TrainConfig().reward_input == EvalConfig().reward_input == "response"
+    assert parse_settings(TrainConfig, {"reward_input": "query_response"}).reward_input == "query_response"

@@ -156,7 +156,8 @@ def _misfit_adapter(source, dest):
     """The trained adapter with its LoRA A matrices cut to another model's hidden size."""
     dest.mkdir()
     for item in source.iterdir():
-        (dest / item.name).write_bytes(item.read_bytes())
+        if item.is_file():  # the adapter itself; the kept steps stay out
+            (dest / item.name).write_bytes(item.read_bytes())
     weights = torch.load(source / "adapter_model.bin", weights_only=True)
     weights = {k: (v[:, :16] if "lora_A" in k else v) for k, v in weights.items()}
     torch.save(weights, dest / "adapter_model.bin")

@@ -25,8 +25,15 @@ def test_a_rollout_is_rewarded_on_its_reward_text(tiny_models):
     model = RewardModel(tiny_models.reward_model)
     queries, responses = ["Summarize: Tom buys a coat.", "Summarize: a trip."], ["you idiot", "They travel."]
     assert reward_text(queries[0], responses[0]) == "Summarize: Tom buys a coat. you idiot"
+    assert reward_text(queries[0], responses[0], "query_response") == "Summarize: Tom buys a coat. you idiot"
+    assert reward_text(queries[0], responses[0], "response") == "you idiot"
+    with pytest.raises(ValueError, match="reward_input"):
+        reward_text(queries[0], responses[0], "dialogue")
     expected = model.score([reward_text(q, r) for q, r in zip(queries, responses)]).reward
     torch.testing.assert_close(model.rewards(queries, responses), expected)
+    alone = RewardModel(tiny_models.reward_model, reward_input="response")
+    torch.testing.assert_close(alone.rewards(queries, responses), model.score(responses).reward)
+    assert not torch.allclose(alone.rewards(queries, responses), expected)
 
 
 def test_label_is_chosen_by_name_not_index(tiny_models):
