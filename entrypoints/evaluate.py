@@ -117,10 +117,9 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     # Run: before and after, then every adapter the train job kept along the way.
     result = evaluation.run(before, after, tokenizer, examples, len(test), reward_model, config)
     kept = adapters.step_adapters(inputs.after_adapter)
-    if kept:
-        final_step = int(
-            (adapters.read_adapter_info(inputs.after_adapter) or {}).get("ppo_steps", max(kept) + 1)
-        )
+    info = adapters.read_adapter_info(inputs.after_adapter)  # kept steps come with it: our train job's
+    if kept and info:
+        final_step = int(info["ppo_steps"])
         sides = {
             step: evaluation.evaluate_model(
                 adapters.load_merged(inputs.base_model, folder, machine.dtype),

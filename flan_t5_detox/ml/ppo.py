@@ -51,6 +51,11 @@ def ppo_config(config: TrainConfig) -> PPOConfig:
     )
 
 
+# A group may carry this much padding: a separate forward pass costs a fixed overhead and
+# slightly smaller GEMMs, a padded token its full share of the work.
+GROUP_PADDING = 0.1
+
+
 class TrimmedPPOTrainer(PPOTrainer):
     """trl's PPOTrainer, with its forward passes done without padding or full-vocabulary copies.
 
@@ -72,7 +77,7 @@ class TrimmedPPOTrainer(PPOTrainer):
     """
 
     _rollout: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # queries, encoder states
-    group_padding: float = 0.1  # a group's padding at most, as a share of its real tokens: `length_groups`
+    group_padding: float = GROUP_PADDING  # a group's padding at most, as a share of its real tokens
 
     @contextmanager
     def reusing_encoder_states(self, queries: list[torch.Tensor], states: list[torch.Tensor]):
@@ -139,11 +144,6 @@ class TrimmedPPOTrainer(PPOTrainer):
         )
         stats["policy/entropy"] = masked_mean(entropy, mask)
         return policy_loss, value_loss, stats
-
-
-# A group may carry this much padding: a separate forward pass costs a fixed overhead and
-# slightly smaller GEMMs, a padded token its full share of the work.
-GROUP_PADDING = TrimmedPPOTrainer.group_padding
 
 
 def length_groups(
