@@ -2,24 +2,35 @@
 
 There is no model hub here, so the benchmark builds the real architectures from
 their configs and saves them to disk; both contenders then load them with
-`from_pretrained`, as the jobs do. The tokenizers are word-level (see
-`flan_t5_detox.fixtures.tiny`) with the real vocabulary sizes, and every T5 token is also
-a RoBERTa token, so a response of n T5 tokens costs the reward model n tokens.
+`from_pretrained`, as the jobs do. The tokenizers are word-level, with the real vocabulary sizes
+(the words of `BENCH_SAMPLE`, then filler), and every T5 token is also a RoBERTa token, so a
+response of n T5 tokens costs the reward model n tokens. The prompts come from `BENCH_SAMPLE`,
+DialogSum-format dialogues of 200-1000 characters, so runs on different dates compare.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
-from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
-from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.tiny import build_roberta_tokenizer, build_t5_tokenizer, vocabulary_words
 from flan_t5_detox.ml import data
+
+BENCH_SAMPLE = Path(__file__).parent / "dialogsum_bench_sample.jsonl"
+T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 FIXTURE_VERSION = "1"  # bump when what is built changes
 
@@ -47,6 +58,51 @@ class Fixtures:
     reward_model: Path
 
 
+def vocabulary_words(texts) -> list[str]:
+    """Every word and punctuation mark of `texts`, once each, in order of first appearance."""
+    seen = {}
+    for text in texts:
+        for word in re.findall(r"\w+|[^\w\s]", text):
+            seen[word] = None
+    return list(seen)
+
+
+def _word_tokenizer(vocab_words: list[str], specials: list[str], template: str, pair: str):
+    vocab = {token: i for i, token in enumerate(specials + [w for w in vocab_words if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    special_ids = [(s, vocab[s]) for s in specials if s in template or s in pair]
+    tok.post_processor = processors.TemplateProcessing(single=template, pair=pair, special_tokens=special_ids)
+    return tok
+
+
+def build_t5_tokenizer(vocab_words: list[str]) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_word_tokenizer(vocab_words, T5_SPECIALS, "$A </s>", "$A </s> $B </s>"),
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def build_roberta_tokenizer(vocab_words: list[str]) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_word_tokenizer(
+            vocab_words, ROBERTA_SPECIALS, "<s> $A </s>", "<s> $A </s> </s> $B </s>"
+        ),
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
 def _vocabulary(size: int, reserved: int, words: list[str], filler: str) -> list[str]:
     """`words` first, then distinct filler words, `size` entries with the `reserved` specials."""
     vocab = dict.fromkeys(words)
@@ -65,7 +121,7 @@ def build(dest: Path, seed: int = 0) -> Fixtures:
     if stamp.exists() and stamp.read_text() == FIXTURE_VERSION:
         return fixtures
     torch.manual_seed(seed)
-    records = data.read_records(SAMPLE_DATASET)
+    records = data.read_records(BENCH_SAMPLE)
     words = vocabulary_words([r["dialogue"] for r in records] + [data.PROMPT_HEAD, data.PROMPT_TAIL])
 
     t5_tokenizer = build_t5_tokenizer(_vocabulary(T5_BASE["vocab_size"], 3, words, "t"))

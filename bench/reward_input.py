@@ -1,6 +1,6 @@
 """Where the reward's variance over a batch comes from: the query or the response.
 
-    python -m bench.reward_input        # the embedded default's models, built into a temporary folder
+    python -m bench.reward_input        # the embedded default (built once and cached)
 
 For each test prompt (at most 64) the starting summarizer samples 8 responses (the rollout's own
 sampling). Each pair is scored on both reward inputs. The reward's variance over all pairs
@@ -13,14 +13,12 @@ is corrected for the within-query noise in the means (one-way random-effects ANO
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.tiny import build_tiny_models
+from flan_t5_detox.fixtures.tiny import embedded_default
 from flan_t5_detox.ml import data, generation
 from flan_t5_detox.ml.adapters import load_merged
 from flan_t5_detox.ml.loading import load_tokenizer
@@ -43,17 +41,17 @@ def variance_shares(rewards: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
+    models = embedded_default()
     torch.set_num_threads(1)
-    models = build_tiny_models(Path(tempfile.mkdtemp(prefix="reward-input-")))
     tokenizer = load_tokenizer(models.base_model)
     policy = load_merged(models.base_model, models.peft_checkpoint)
-    reward_model = RewardModel(models.reward_model)
+    reward_model = RewardModel(models.reward_model)  # the reward input is chosen per call below
     test = data.prepare_splits(data.read_records(SAMPLE_DATASET), 200, 1000, 0.2).test[:QUERIES]
     queries = [torch.tensor(ids) for ids in tokenizer([e.prompt for e in test], truncation=True).input_ids]
     torch.manual_seed(0)
     rows = [q for q in queries for _ in range(RESPONSES)]
     responses = generation.generate(
-        policy, tokenizer, rows, [32] * len(rows), generation.SamplingSettings(), 64
+        policy, tokenizer, rows, [60] * len(rows), generation.SamplingSettings(), 64
     )
     texts = generation.decode(tokenizer, responses)
     prompts = [e.prompt for e in test for _ in range(RESPONSES)]

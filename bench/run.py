@@ -70,13 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- inputs -----------------------------------------------------------------------------------
 def make_workload(args, fixtures):
-    from flan_t5_detox.fixtures import SAMPLE_DATASET
     from flan_t5_detox.ml import data
     from flan_t5_detox.ml.generation import LengthSampler
 
     from .contenders import Workload
+    from .fixtures import BENCH_SAMPLE
 
-    splits = data.prepare_splits(data.read_records(SAMPLE_DATASET), 200, 1000, 0.2)
+    splits = data.prepare_splits(data.read_records(BENCH_SAMPLE), 200, 1000, 0.2)
     low, high = max(2, round(100 * args.scale)), max(3, round(400 * args.scale))
     eval_prompts = [splits.test[i % len(splits.test)].prompt for i in range(args.eval_samples)]
     return Workload(

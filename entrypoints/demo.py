@@ -1,7 +1,8 @@
 """`detox-demo`: the whole pipeline offline, end to end, in a few minutes on a laptop CPU.
 
-1. builds tiny stand-ins for FLAN-T5, the summarization adapter and the reward
-   model from configs (flan_t5_detox.fixtures.tiny; no model hub needed),
+1. takes the embedded default: tiny stand-ins for FLAN-T5, the summarization adapter and the
+   reward model, trained on the shipped sample at first use and cached
+   (flan_t5_detox.fixtures.tiny; no model hub needed),
 2. lays out /opt/ml-like folders exactly as SageMaker would (flan_t5_detox.contract.layout),
 3. runs the real train job, then the real evaluate job on its model/ and output/data,
 4. prints where report.html is.
@@ -24,11 +25,12 @@ MARKER = ".detox-demo"  # lets a rerun clear its own earlier output, and nothing
 
 # Sized for the tiny models; every other setting keeps the job's default.
 TRAIN_HYPERPARAMETERS = {
-    "batch_size": 16,
-    "mini_batch_size": 4,
+    "batch_size": 32,
+    "mini_batch_size": 8,
     "learning_rate": 3e-3,
-    "output_min_length": 8,
-    "output_max_length": 32,
+    # Budgets above the summaries' length, so responses end at EOS, as the real model's do.
+    "output_min_length": 40,
+    "output_max_length": 60,
     "dtype": "float32",
     # 2-layer models gain nothing from intra-op threads, and on a busy machine OpenMP threads
     # that wait for each other make torch many times slower.
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and the real evaluate job, then a report.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for everything")
-    parser.add_argument("--steps", type=int, default=10, help="PPO steps of the train job (default 10)")
+    parser.add_argument("--steps", type=int, default=20, help="PPO steps of the train job (default 20)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -75,16 +77,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
     from flan_t5_detox.fixtures import SAMPLE_DATASET
-    from flan_t5_detox.fixtures.tiny import build_tiny_models
+    from flan_t5_detox.fixtures.tiny import cache_root, embedded_default
 
     from . import evaluate, train
 
     out = args.out.resolve()
     prepare_out(out)
     started = time.perf_counter()
-    print(f"[demo] building tiny models in {out / 'models'}", flush=True)
+    print(f"[demo] embedded default models (built once, cached in {cache_root()})", flush=True)
+    tiny = embedded_default()
     torch.set_num_threads(1)  # as the jobs' num_threads below: tiny models, busy machines
-    tiny = build_tiny_models(out / "models")
     inputs = {
         "base_model": tiny.base_model,
         "peft_checkpoint": tiny.peft_checkpoint,

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built from configs (no hub), the shipped sample dataset."""
+"""Shared fixtures: the embedded default's tiny models (no hub), the shipped sample dataset."""
 
 from __future__ import annotations
 
@@ -33,19 +33,11 @@ def _reset_job_logging():
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    import torch
+def tiny_models():
+    """The embedded default (the demo's models), built once per machine and cached."""
+    from flan_t5_detox.fixtures.tiny import embedded_default
 
-    from flan_t5_detox.fixtures.tiny import build_tiny_models
-
-    # One thread: tiny matrices gain nothing from two, and OpenMP threads spinning on a busy
-    # 2-core machine cost minutes.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
-    finally:
-        torch.set_num_threads(previous)
+    return embedded_default()
 
 
 @pytest.fixture(scope="session")

@@ -81,9 +81,10 @@ def test_steps_match_in_bfloat16(tiny_models):
     tokenizer = load_tokenizer(tiny_models.base_model)
     decoder_ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 50, (3, 6))], dim=1)
     # bf16 keeps 8 significant bits and the two paths round at different points (native bf16
-    # kernels differ again): at logits near 20 one rounding step is 0.125, so the tolerance
-    # scales with the logits. A wrong cache, bias or mask is off by the logits' own size.
-    _assert_matches_full_forward(policy, _queries(tokenizer), decoder_ids, 5e-2, scaled=True)
+    # kernels differ again): at logits near 20 one rounding step is 0.125, and through trained
+    # layers the differences add up to several steps, so the tolerance is a tenth of the largest
+    # logit. A wrong cache, bias or mask is off by the logits' own size.
+    _assert_matches_full_forward(policy, _queries(tokenizer), decoder_ids, 0.1, scaled=True)
 
 
 def _lora_layers(t5):

