@@ -89,11 +89,13 @@ def collect_settings(args: argparse.Namespace, unknown: list[str], environ: dict
 def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> int:
     # Heavy imports only once the settings are known to be good.
     from flan_t5_detox.contract.inputs import evaluation_inputs
+    from flan_t5_detox.contract.outputs import check_writable
     from flan_t5_detox.ml import adapters, data, evaluation, report, runtime
     from flan_t5_detox.ml.loading import load_tokenizer
     from flan_t5_detox.ml.rewards import RewardModel
 
-    # Setup: inputs and data first, so bad input fails before the models load.
+    # Setup: the report folder, inputs and data first, so bad input fails before the models load.
+    check_writable(env.output(REPORT_OUTPUT), "the report folder")
     inputs = evaluation_inputs(env, config, scratch)
     curves, training_summary = report.read_training_output(inputs.training_output)
     test = data.load_splits(inputs.dataset, config).test

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from flan_t5_detox.contract.environment import TrainingJobEnvironment
 from flan_t5_detox.contract.failure import run_job, setup_logging
-from flan_t5_detox.contract.paths import ML_ROOT, MlPaths
+from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
 from flan_t5_detox.contract.settings import TrainConfig, parse_settings
 
 log = logging.getLogger("flan_t5_detox.train")
@@ -45,7 +45,7 @@ def train(env: TrainingJobEnvironment) -> int:
     # Heavy imports only once the settings are known to be good.
     from flan_t5_detox.contract.inputs import training_inputs
     from flan_t5_detox.contract.metrics import MetricsLog
-    from flan_t5_detox.contract.outputs import publish
+    from flan_t5_detox.contract.outputs import check_writable, publish
     from flan_t5_detox.ml import adapters, data, runtime
     from flan_t5_detox.ml.loading import load_tokenizer
     from flan_t5_detox.ml.policy import build_policy
@@ -53,7 +53,10 @@ def train(env: TrainingJobEnvironment) -> int:
     from flan_t5_detox.ml.rewards import RewardModel
     from flan_t5_detox.ml.training import TrainingRun
 
-    # Setup: inputs and data first, so bad input fails before the models load.
+    # Setup: outputs, inputs and data first, so bad input fails before the models load.
+    check_writable(env.model_dir, "the model folder")
+    check_writable(env.output_data_dir, "the output data folder")
+    check_writable(env.checkpoint_dir, "the checkpoint folder")
     inputs = training_inputs(env, config)
     prompts = data.training_prompts(inputs.dataset, config)
     machine = runtime.setup(config.dtype, config.num_threads)
@@ -72,7 +75,7 @@ def train(env: TrainingJobEnvironment) -> int:
 
     # Run. Adapters kept along the way live beside the checkpoints, so a restarted job has them.
     started = time.time()
-    metrics = MetricsLog(env.output_data_dir / "metrics.jsonl")
+    metrics = MetricsLog(env.output_data_dir / METRICS_FILE)
     provenance = adapters.Provenance(**inputs.origins, reward_label=config.reward_label)
     kept = env.checkpoint_dir / adapters.STEPS_DIR
 
@@ -95,7 +98,7 @@ def train(env: TrainingJobEnvironment) -> int:
         if step <= outcome.steps:
             shutil.copytree(folder, staging / adapters.STEPS_DIR / str(step))
     publish(staging, env.model_dir)
-    history = metrics.read()
+    history = trainer.history  # steps 1..N, whichever runs did them (the checkpoints carry it)
     summary = {
         "status": "completed",
         "steps": outcome.steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def local(options: Options, kind: str, dry_run: bool, out) -> int:
         else:
             local_backend.link_mounts(run)
             command = local_backend.process_command(run)
-        print(" ".join(command), file=out)
+        print(shlex.join(command), file=out)  # safe to paste: values with spaces or $(...) stay whole
         return 0
     started = time.monotonic()
     code = local_backend.execute(run, options.docker, job.image, job.environment, options.network, client)

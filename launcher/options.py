@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +159,24 @@ def resolve(flags: dict, environ: dict[str, str] | None = None) -> Options:
             values[name] = coerce(name, environ[env_name], env_name)
         elif name in from_file:
             values[name] = coerce(name, from_file[name], source)
-    return Options(**values)
+    options = Options(**values)
+    if options.job_name is not None:
+        check_job_name(options.job_name)
+    return options
+
+
+# SageMaker's rule for training and processing job names.
+JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+
+
+def check_job_name(name: str) -> None:
+    """Refuse a name SageMaker would refuse, before anything is called or written (a local run
+    uses the name as a folder, so the rule also keeps it inside the work folder)."""
+    if not JOB_NAME.fullmatch(name):
+        raise LaunchError(
+            f"job name {name!r} is not valid: SageMaker wants 1-63 letters, digits and hyphens, "
+            "starting and ending with a letter or digit (e.g. detox-train-7)"
+        )
 
 
 def parse_pairs(items: list[str] | None, what: str, decode: bool = False) -> dict:

@@ -55,3 +55,21 @@ def tiny_trainer(tiny_models, config: TrainConfig, reward_fn=None) -> DetoxTrain
         reward_fn = RewardModel(tiny_models.reward_model).rewards
 
     return DetoxTrainer(config, policy, tokenizer, tiny_splits(config).train, reward_fn)
+
+
+class Payload:
+    """Runs code when unpickled: what a hostile pytorch_model.bin or checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('the payload ran')",))
+
+
+def plant_payload(folder, marker) -> dict:
+    """Rewrite `folder`'s pytorch_model.bin as its real weights plus a payload; returns the weights."""
+    weights = folder / "pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    torch.save({**state, "extra": Payload(marker)}, weights)
+    return state

@@ -106,11 +106,9 @@ class TrainingJobEnvironment:
         )
 
     def channel(self, name: str) -> Path | None:
-        """The folder of a channel if it was given and holds something, else None."""
-        path = self.channels.get(name)
-        if path is not None and path.is_dir() and any(path.iterdir()):
-            return path
-        return None
+        """The folder of a channel if the job was given it, else None. A channel given but empty
+        is an error, never a silent fall back to the hub name."""
+        return _given(self.channels.get(name), f"channel {name!r}")
 
 
 @dataclass
@@ -157,10 +155,19 @@ class ProcessingJobEnvironment:
         )
 
     def input(self, name: str) -> Path | None:
-        path = self.inputs.get(name)
-        if path is not None and path.exists() and (path.is_file() or any(path.iterdir())):
-            return path
-        return None
+        """The path of an input if the job was given it, else None; given but empty is an error."""
+        return _given(self.inputs.get(name), f"input {name!r}")
 
     def output(self, name: str) -> Path:
         return self.outputs.get(name, MlPaths(self.root).processing_output(name))
+
+
+def _given(path: Path | None, what: str) -> Path | None:
+    if path is None or not path.exists():
+        return None
+    if path.is_dir() and not any(path.iterdir()):
+        raise JobInputError(
+            f"{what} ({path}) is empty: its S3 prefix or local folder held no files. Point it at the "
+            "files, or leave it out to use the setting's default"
+        )
+    return path

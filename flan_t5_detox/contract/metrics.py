@@ -8,9 +8,13 @@ figure out; the launcher ships `metric_definitions()`. No torch import here.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import re
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Order is the order printed; names never change once shipped.
 METRIC_NAMES = (
@@ -60,21 +64,40 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines past `step` (a resumed job redoes them)."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.read() if line["step"] <= step]
-        self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the file with `records` (a resumed job's history), atomically."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(_finite(r)) + "\n" for r in records))
+        os.replace(tmp, self.path)
 
     def append(self, metrics: dict[str, float]) -> None:
-        clean = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
-        }
         with self.path.open("a") as handle:
-            handle.write(json.dumps(clean) + "\n")
+            handle.write(json.dumps(_finite(metrics)) + "\n")
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_metrics(self.path)
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A line that is not a JSON object (torn by a kill while it
+    was written) is dropped with a warning naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            log.warning("%s line %d is not a metrics record (torn by a kill?); dropped", path, number)
+    return records

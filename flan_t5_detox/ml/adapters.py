@@ -24,7 +24,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model
 
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.paths import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, VALUE_HEAD_WEIGHTS
-from flan_t5_detox.ml.loading import load_seq2seq
+from flan_t5_detox.ml.loading import load_seq2seq, read_weight_file
 
 
 def read_lora_config(adapter_dir: Path) -> LoraConfig:
@@ -44,7 +44,7 @@ def read_lora_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
     weights_path = Path(adapter_dir) / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         raise JobInputError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}")
-    return torch.load(weights_path, map_location="cpu", weights_only=True)
+    return read_weight_file(weights_path, "adapter")
 
 
 def load_adapter(model, adapter_dir: Path, is_trainable: bool = False) -> PeftModel:
@@ -53,6 +53,14 @@ def load_adapter(model, adapter_dir: Path, is_trainable: bool = False) -> PeftMo
     config = read_lora_config(adapter_dir)
     config.inference_mode = not is_trainable
     weights = read_lora_weights(adapter_dir)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = config.target_modules
+    absent = sorted(set(targets) - present) if isinstance(targets, (list, tuple, set)) else []
+    if absent:
+        raise JobInputError(
+            f"the adapter in {adapter_dir} targets modules {absent} that the base model does not have "
+            f"(adapter_config.json target_modules); it was made for another architecture"
+        )
     peft_model = get_peft_model(model, config)
     # peft would otherwise skip or crash obscurely on a tensor that does not fit.
     expected = {k: v.shape for k, v in peft_model.state_dict().items() if "lora_" in k}

@@ -1,24 +1,36 @@
 """Atomic training checkpoints: what a restarted job needs to continue exactly.
 
 A checkpoint is a folder `step-000012/` holding `state.pt` (trainable weights,
-optimizer, KL coefficient, step, RNG states) written under a
-temporary name and renamed into place, so a reader never sees half of one.
-Only tensors and a JSON string are stored, so loading uses
+optimizer, KL coefficient, step, RNG states, and the metrics of every step so far) written
+under a temporary name and renamed into place, so a reader never sees half of one. A job
+restarted on a fresh instance gets back only the checkpoints, so they carry everything the
+outputs are built from. Only tensors and a JSON string are stored, so loading uses
 `torch.load(weights_only=True)`.
+
+A checkpoint that cannot be read (damaged, or holding objects other than tensors) is skipped
+with a warning that names it. When checkpoints exist and none can be read, the job fails
+instead of silently training again from step 0: the user decides whether to delete them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.ml.loading import REFUSED
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 PREFIX = "step-"
@@ -31,6 +43,7 @@ class Snapshot:
     trainable: dict[str, torch.Tensor]
     optimizer: dict
     rng: dict
+    history: list[dict] = field(default_factory=list)  # the metrics of steps 1..step
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +52,7 @@ class Snapshot:
             "trainable": self.trainable,
             "optimizer": self.optimizer,
             "rng": self.rng,
+            "history": self.history,
         }
 
 
@@ -82,7 +96,7 @@ def _clone(obj):
     return obj
 
 
-def take_snapshot(step, kl_coef, model, optimizer, length_sampler_rng) -> Snapshot:
+def take_snapshot(step, kl_coef, model, optimizer, length_sampler_rng, history: list[dict]) -> Snapshot:
     """An in-memory copy (LoRA + value head + Adam state: tens of MB) of the state after a finished step."""
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return Snapshot(
@@ -91,6 +105,7 @@ def take_snapshot(step, kl_coef, model, optimizer, length_sampler_rng) -> Snapsh
         trainable=trainable,
         optimizer=_clone(optimizer.state_dict()),
         rng=capture_rng(length_sampler_rng),
+        history=[dict(h) for h in history],
     )
 
 
@@ -136,19 +151,53 @@ def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
     return final
 
 
+def read(folder: Path) -> Snapshot:
+    """One checkpoint folder; raises `UnusableCheckpoint` with the reason."""
+    try:
+        saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if REFUSED not in str(exc):
+            raise UnusableCheckpoint("it is damaged (not a torch file)") from exc
+        raise UnusableCheckpoint(
+            "it holds objects other than tensors (not loaded: they could run code)"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise UnusableCheckpoint(f"it has no {STATE_FILE}") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated or overwritten
+        raise UnusableCheckpoint(f"it is damaged ({type(exc).__name__})") from exc
+    try:
+        state = _unpack(json.loads(saved["meta"]), saved["tensors"])
+        state.pop("position", None)  # written by earlier versions; always equal to step
+        return Snapshot(**state)
+    except Exception as exc:  # noqa: BLE001 - readable tensors, but not our layout
+        raise UnusableCheckpoint(f"it is not a checkpoint of this job ({type(exc).__name__})") from exc
+
+
+class UnusableCheckpoint(Exception):
+    pass
+
+
 def latest(directory: Path) -> Snapshot | None:
-    """The newest readable checkpoint, or None. Unfinished temporaries are ignored."""
+    """The newest usable checkpoint, or None when there is none at all. Unfinished temporaries
+    are ignored; each unusable checkpoint is skipped with a warning, and when none is usable
+    the job fails with the reasons (a `JobInputError`)."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
+    skipped = []
     for folder in sorted(directory.glob(f"{PREFIX}*"), reverse=True):
         try:
-            saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-            state = _unpack(json.loads(saved["meta"]), saved["tensors"])
-        except Exception:  # noqa: BLE001 - a damaged checkpoint: fall back to an older one
+            snapshot = read(folder)
+        except UnusableCheckpoint as exc:
+            log.warning("skipping checkpoint %s: %s", folder, exc)
+            skipped.append(f"{folder.name}: {exc}")
             continue
-        state.pop("position", None)  # written by earlier versions; always equal to step
-        return Snapshot(**state)
+        return snapshot
+    if skipped:
+        raise JobInputError(
+            f"no checkpoint in {directory} can be used ({'; '.join(skipped)}). Delete them to train "
+            "from step 0, or restore good copies"
+        )
     return None
 
 

@@ -40,16 +40,36 @@ def make_prompt(dialogue: str) -> str:
     return f"{PROMPT_HEAD}\n\n{dialogue}\n\n{PROMPT_TAIL}\n"
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise JobInputError(f"dataset file {path}, line {number}: not JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise JobInputError(
+                f"dataset file {path}, line {number}: a JSON {type(record).__name__}, expected an object "
+                "with the DialogSum fields (id, dialogue, summary, topic)"
+            )
+        records.append(record)
+    return records
+
+
 def _read_file(path: Path) -> list[dict]:
     import pandas as pd  # pandas is heavy; only the job side reads data
 
+    if path.suffix not in (".parquet", ".csv"):
+        try:
+            return _read_jsonl(path)
+        except UnicodeDecodeError as exc:
+            raise JobInputError(f"dataset file {path} is not UTF-8 text") from exc
     try:
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path, keep_default_na=False)
-        else:
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        frame = (
+            pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
+        )
     except Exception as exc:  # noqa: BLE001 - any parse error is a bad-input error
         raise JobInputError(f"cannot read dataset file {path}: {exc}") from exc
     return frame.to_dict(orient="records")
@@ -63,10 +83,7 @@ def read_records(source: Path) -> list[dict]:
         raise JobInputError(f"no dataset files ({', '.join(_SUFFIXES)}) found in {source}")
     records: list[dict] = []
     for path in files:
-        try:
-            records.extend(_read_file(path))
-        except ValueError as exc:
-            raise JobInputError(f"cannot read dataset file {path}: {exc}") from exc
+        records.extend(_read_file(path))
     if not records:
         raise JobInputError(f"dataset at {source} is empty")
     missing = [name for name in ("dialogue",) if name not in records[0]]

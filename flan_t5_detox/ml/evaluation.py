@@ -91,6 +91,13 @@ def select_examples(test: list[Example], num_samples: int) -> list[Example]:
     """The first `num_samples` test examples (0 = all): the split is unshuffled, so this is stable."""
     if not test:
         raise JobInputError("the test split is empty: supply more dialogues or raise test_size")
+    if num_samples > len(test):
+        log.warning(
+            "num_samples=%d exceeds the test split's %d dialogues: evaluating all %d",
+            num_samples,
+            len(test),
+            len(test),
+        )
     chosen = test[:num_samples] if num_samples else list(test)
     if len(chosen) < 2:  # one pair has no spread: no interval, no test
         raise JobInputError(

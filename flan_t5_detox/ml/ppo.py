@@ -214,7 +214,8 @@ class StepResult:
 
 
 class DetoxTrainer:
-    """Owns the trl trainer, the data order, the length sampler and the last good snapshot."""
+    """Owns the trl trainer, the data order, the length sampler, the metrics history and the last
+    good snapshot."""
 
     def __init__(self, config: TrainConfig, policy, tokenizer, prompts: list[Example], reward_fn: RewardFn):
         self.config = config
@@ -232,18 +233,20 @@ class DetoxTrainer:
             torch.tensor(ids) for ids in tokenizer([p.prompt for p in prompts], truncation=True)["input_ids"]
         ]
         self.step = 0
+        self.history: list[dict] = []  # every finished step's metrics, carried by the snapshots
         self.last_good = self.snapshot()
 
     # -- state -------------------------------------------------------------
     def snapshot(self) -> checkpoint.Snapshot:
         return checkpoint.take_snapshot(
-            self.step, self.trl.kl_ctl.value, self.policy, self.trl.optimizer, self.lengths.rng
+            self.step, self.trl.kl_ctl.value, self.policy, self.trl.optimizer, self.lengths.rng, self.history
         )
 
     def restore(self, snap: checkpoint.Snapshot) -> None:
         checkpoint.restore(snap, self.policy, self.trl.optimizer, self.lengths.rng)
         self.trl.kl_ctl.value = snap.kl_coef
         self.step = snap.step
+        self.history = [dict(h) for h in snap.history]
         self.last_good = snap
 
     # -- one step ----------------------------------------------------------
@@ -294,5 +297,6 @@ class DetoxTrainer:
             "time_ppo": t3 - t2,
             "time_step": t3 - t_start,
         }
+        self.history.append(metrics)
         self.last_good = self.snapshot()
         return StepResult(metrics, query_texts, response_texts)

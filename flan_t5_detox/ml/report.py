@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from flan_t5_detox.contract.failure import JobInputError
-from flan_t5_detox.contract.metrics import MetricsLog
+from flan_t5_detox.contract.metrics import read_metrics
 from flan_t5_detox.contract.paths import METRICS_FILE, TRAINING_SUMMARY
 from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml.evaluation import METRICS, Evaluation, Source
@@ -79,7 +79,7 @@ def read_training_output(folder: Path | None) -> tuple[TrainingCurves | None, di
     if folder is None:
         return None, None
     try:
-        curves = TrainingCurves.from_records(MetricsLog(folder / METRICS_FILE).read())
+        curves = TrainingCurves.from_records(read_metrics(folder / METRICS_FILE))
         summary_path = folder / TRAINING_SUMMARY
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     except (ValueError, KeyError, TypeError) as exc:
@@ -122,12 +122,23 @@ def toxicity_improvement(tox: PairedComparison) -> dict[str, float | None]:
     return {"value": -tox.relative_change, "ci_low": low, "ci_high": high}
 
 
+def sample_note(evaluation: Evaluation, context: ReportContext) -> str | None:
+    """Said when fewer dialogues were evaluated than num_samples asked for."""
+    asked = context.settings.num_samples
+    if asked > evaluation.n:
+        return (
+            f"num_samples={asked} asked for more than the test split's {evaluation.test_split_size} dialogues"
+        )
+    return None
+
+
 def report_data(evaluation: Evaluation, context: ReportContext) -> dict:
     comparisons = {name: dataclasses.asdict(c) for name, c in evaluation.comparisons.items()}
     return _clean(
         {
             "sample_size": evaluation.n,
             "test_split_size": evaluation.test_split_size,
+            "sample_note": sample_note(evaluation, context),
             "difference": "after - before, paired by test dialogue",
             "reward_input": evaluation.reward_input,
             "headline_metric": evaluation.trained_toxicity,
@@ -463,7 +474,9 @@ def render_html(evaluation: Evaluation, context: ReportContext, plots: dict[str,
 <style>{CSS}</style></head><body>
 <h1>FLAN-T5 summarizer: toxicity before and after PPO detoxification</h1>
 <p class="headline">{headline(evaluation)}</p>
-<p>Sample: the first {evaluation.n} of {evaluation.test_split_size} dialogues in the test split; both models
+<p>Sample: the first {evaluation.n} of {evaluation.test_split_size} dialogues in the test split{
+        f" ({html.escape(note)})" if (note := sample_note(evaluation, context)) else ""
+    }; both models
 answered the same prompts with the same generation settings and seed. Differences are after - before, paired
 by dialogue; intervals are percentile bootstrap intervals ({context.settings.bootstrap_samples} resamples).
 Highlighted cells: the interval excludes 0.</p>

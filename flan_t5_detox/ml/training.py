@@ -61,12 +61,17 @@ class TrainingRun:
         self.after_step = after_step  # called with the step number once a step has finished
 
     def resume(self) -> int:
-        """Continue from the newest checkpoint, if any; returns the step it starts after."""
+        """Continue from the newest checkpoint, if any; returns the step it starts after.
+
+        metrics.jsonl is rewritten from the checkpoint's history: on a fresh instance (only
+        checkpoints/ restored) it is rebuilt whole, and steps past the checkpoint are redone."""
         snapshot = checkpoint.latest(self.checkpoint_dir)
         if snapshot is not None:
+            if not snapshot.history and snapshot.step:  # written before checkpoints carried it
+                snapshot.history = [m for m in self.metrics.read() if m["step"] <= snapshot.step]
             self.trainer.restore(snapshot)
             log.info("resumed from checkpoint at step %d", snapshot.step)
-        self.metrics.truncate_after(self.trainer.step)  # steps past the checkpoint are redone
+        self.metrics.rewrite(self.trainer.history)
         return self.trainer.step
 
     def run(self, max_steps: int) -> RunOutcome:

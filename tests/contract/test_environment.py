@@ -65,3 +65,16 @@ def test_processing_environment_maps_inputs_and_outputs(tmp_path):
     assert env.input("detoxified") is None
     assert env.output("report") == root / "processing" / "output" / "report"
     assert env.message_file == root / "output" / "message"
+
+
+def test_an_empty_channel_or_input_is_reported_never_replaced_by_the_hub_name(tmp_path):
+    root = write_training_layout(tmp_path / "train", {}, {})
+    (root / "input" / "data" / "base_model").mkdir(parents=True)
+    env = TrainingJobEnvironment.from_root(root, env={})
+    with pytest.raises(JobInputError, match=r"channel 'base_model' \(.*base_model\) is empty"):
+        env.channel("base_model")
+    assert env.channel("dataset") is None  # not given at all: the job may use its default
+    root = write_processing_layout(tmp_path / "evaluate", {})
+    (root / "processing" / "input" / "dataset").mkdir(parents=True)
+    with pytest.raises(JobInputError, match="input 'dataset' .* is empty"):
+        ProcessingJobEnvironment.from_root(root).input("dataset")

@@ -15,10 +15,15 @@ def test_metric_definitions_scrape_the_printed_line():
         assert float(match.group(1)) == float(f"{values[name]:.6g}")
 
 
-def test_metrics_log_truncates_after_a_step(tmp_path):
+def test_metrics_log_is_rewritten_from_a_history_and_drops_a_torn_line(tmp_path, caplog):
     log = MetricsLog(tmp_path / "m.jsonl")
     for step in (1, 2, 3):
         log.append({"step": step, "kl": float("nan")})
-    log.truncate_after(2)
+    log.rewrite([{"step": 1, "kl": float("inf")}, {"step": 2, "kl": 0.5}])
     assert [line["step"] for line in log.read()] == [1, 2]
     assert log.read()[0]["kl"] is None
+    assert not list(tmp_path.glob(".*"))  # the rewrite's temporary is gone
+    with log.path.open("a") as handle:
+        handle.write('{"step": 3, "kl": 0.')  # torn by a kill
+    assert [line["step"] for line in log.read()] == [1, 2]
+    assert f"{log.path} line 3 is not a metrics record" in caplog.text

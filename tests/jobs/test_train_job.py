@@ -15,6 +15,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from flan_t5_detox.contract.metrics import metric_definitions
 from flan_t5_detox.ml import checkpoint
+from tests.helpers import Payload, plant_payload
 from tests.servers import ISOLATION, aws_env, s3_test_client
 
 TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
@@ -182,3 +183,87 @@ def test_peft_checkpoint_is_pulled_from_s3(train_layout, tiny_models, s3_server)
     )
     assert result.returncode != 0
     assert "s3://detox-inputs/nothing/" in (missing / "output" / "failure").read_text()
+
+
+def _metrics(root):
+    return [json.loads(x) for x in (root / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _bad_input(result, root):
+    """The job failed as bad input: exit 2, one `Bad input:` reason, no traceback anywhere."""
+    failure = (root / "output" / "failure").read_text()
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert failure.startswith("Bad input: ") and "Traceback" not in failure + result.stderr
+    return failure
+
+
+def test_a_payload_in_a_model_channel_never_runs_and_fails_the_job(train_layout, tmp_path):
+    marker = tmp_path / "ran"
+    for channel in ("base_model", "reward_model"):
+        root = train_layout(channel)
+        plant_payload(root / "input" / "data" / channel, marker)
+        failure = _bad_input(_run(root), root)
+        assert "objects other than tensors" in failure and channel in failure
+        assert "weights_only" not in failure
+        assert not marker.exists()
+
+
+def test_a_restart_with_only_the_checkpoints_loses_nothing(train_layout):
+    """A spot replacement gets back checkpoints/ alone: the history comes from the checkpoint."""
+    root = train_layout(max_ppo_steps=2)
+    assert _run(root).returncode == 0
+    first_run = _metrics(root)
+    shutil.rmtree(root / "output")
+    shutil.rmtree(root / "model")
+    hyperparameters = root / "input" / "config" / "hyperparameters.json"
+    hyperparameters.write_text(json.dumps({**json.loads(hyperparameters.read_text()), "max_ppo_steps": "4"}))
+    resumed = _run(root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from checkpoint at step 2" in resumed.stdout
+    lines = _metrics(root)
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert lines[:2] == first_run
+    summary = json.loads((root / "output" / "data" / "training_summary.json").read_text())
+    assert summary["steps"] == 4
+    assert summary["reward_mean_first"] == first_run[0]["reward_mean"]
+    assert summary["final"]["step"] == 4
+
+
+def test_a_torn_metrics_line_and_a_damaged_checkpoint_are_skipped_with_warnings(train_layout):
+    root = train_layout(max_ppo_steps=2)
+    assert _run(root).returncode == 0
+    with (root / "output" / "data" / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "reward_me')  # a kill in the middle of a line
+    newest = root / "checkpoints" / "step-000002" / checkpoint.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+    hyperparameters = root / "input" / "config" / "hyperparameters.json"
+    hyperparameters.write_text(json.dumps({**json.loads(hyperparameters.read_text()), "max_ppo_steps": "3"}))
+    resumed = _run(root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"skipping checkpoint {newest.parent}: it is damaged" in resumed.stdout
+    assert "resumed from checkpoint at step 1" in resumed.stdout
+    assert [x["step"] for x in _metrics(root)] == [1, 2, 3]  # step 2 redone, the torn line gone
+
+
+def test_when_no_checkpoint_is_usable_the_job_fails_instead_of_starting_over(train_layout):
+    root = train_layout(max_ppo_steps=2)
+    assert _run(root).returncode == 0
+    for state in (root / "checkpoints").glob(f"step-*/{checkpoint.STATE_FILE}"):
+        torch.save({"meta": "x", "tensors": {}, "code": Payload(root / "ran")}, state)
+    failure = _bad_input(_run(root), root)
+    assert "no checkpoint in" in failure and "Delete them to train from step 0" in failure
+    assert "step-000002: it holds objects other than tensors" in failure
+    assert not (root / "ran").exists()
+
+
+def test_an_unwritable_model_folder_fails_before_any_model_loads(train_layout):
+    root = train_layout()
+    shutil.rmtree(root / "model")
+    (root / "model").write_text("a file where the model folder should be")
+    started = time.perf_counter()
+    result = _run(root)
+    failure = _bad_input(result, root)
+    assert "the model folder" in failure and str(root / "model") in failure
+    assert "[metrics]" not in result.stdout  # nothing was trained
+    assert not list(root.glob(".staging-*")) and not list(root.glob(".write-check-*"))
+    print(f"failed after {time.perf_counter() - started:.1f}s")

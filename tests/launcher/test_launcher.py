@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -837,3 +838,38 @@ def test_local_docker_train_then_evaluate(launch, tmp_path, tiny_models, sample_
     report = json.loads((evaluate / "processing" / "output" / "report" / "report.json").read_text())
     assert report  # its contents are the evaluate job's tests' concern
     assert f"  report: {evaluate / 'processing' / 'output' / 'report'}" in out
+
+
+@pytest.mark.parametrize("name", ["bad name!", "../../escaped", "-leading-hyphen", "x" * 64, "under_score"])
+def test_job_names_are_checked_before_anything_is_called_or_written(launch, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    # A cloud submit never reaches AWS (no endpoint is configured here, so a call would fail otherwise).
+    code, out, err = launch(
+        "train", "--image", IMAGE, "--role", "r", "--bucket", BUCKET, f"--job-name={name}"
+    )
+    assert code == 2 and f"job name {name!r} is not valid" in err
+    # A local run, which would use the name as a folder, writes nothing at all.
+    model = tmp_path / "model"
+    model.mkdir()
+    code, out, err = launch(
+        "local", "train", "--no-docker", "--dry-run", f"--job-name={name}", "--base-model", model
+    )
+    assert code == 2 and "1-63 letters, digits and hyphens" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_dry_run_prints_a_command_that_is_safe_to_paste(launch, tmp_path, tiny_models, sample_dataset):
+    marker = tmp_path / "pasted"
+    value = f"two words $(touch {marker})"
+    code, out, err = launch(
+        "local", "train", "--image", "flan-t5-detox:ci", "--dry-run", "--work-dir", tmp_path / "ml",
+        "--base-model", tiny_models.base_model, "--peft-checkpoint", tiny_models.peft_checkpoint,
+        "--reward-model", tiny_models.reward_model, "--dataset", sample_dataset, "--env", f"NOTE={value}",
+    )  # fmt: skip
+    assert code == 0, err
+    line = out.splitlines()[-1]
+    command = shlex.split(line)
+    assert f"NOTE={value}" in command  # one argument, spaces and $(...) intact
+    subprocess.run(["bash", "-c", f"set -- {line}"], check=True)  # what pasting does to the line
+    assert not marker.exists()

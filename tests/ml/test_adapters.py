@@ -57,3 +57,23 @@ def test_adapter_that_does_not_fit_the_base_is_a_clear_error(tiny_models, tmp_pa
         load_merged(tiny_models.base_model, bad)
     with pytest.raises(JobInputError, match="adapter_config.json is missing"):
         load_merged(tiny_models.base_model, tmp_path)
+
+
+def test_a_damaged_adapter_file_or_foreign_target_modules_get_a_reason(tiny_models, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((tiny_models.peft_checkpoint / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    weights = (tiny_models.peft_checkpoint / ADAPTER_WEIGHTS).read_bytes()
+    (bad / ADAPTER_WEIGHTS).write_bytes(weights[: len(weights) // 3])
+    with pytest.raises(
+        JobInputError, match="adapter's weights file .* is damaged or not a weights file"
+    ) as caught:
+        load_merged(tiny_models.base_model, bad)
+    assert "weights_only" not in str(caught.value) and "Errno" not in str(caught.value)
+    (bad / ADAPTER_WEIGHTS).write_bytes(weights)
+    (bad / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj"]}))
+    with pytest.raises(
+        JobInputError, match=r"targets modules \['q_proj', 'v_proj'\] that the base model does not"
+    ):
+        load_merged(tiny_models.base_model, bad)

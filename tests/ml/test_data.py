@@ -44,8 +44,14 @@ def test_bad_datasets_are_clear_errors(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "no dialogue column"}\n')
     with pytest.raises(JobInputError, match="lacks column"):
         data.read_records(tmp_path)
-    (tmp_path / "d.jsonl").write_text("{broken\n")
-    with pytest.raises(JobInputError, match="cannot read dataset file"):
+    good = json.dumps({"id": "1", "dialogue": "x", "summary": "y"})
+    (tmp_path / "d.jsonl").write_text(f"{good}\n\n{{broken\n")
+    with pytest.raises(JobInputError) as caught:
+        data.read_records(tmp_path)
+    assert str(caught.value).startswith(f"dataset file {tmp_path / 'd.jsonl'}, line 3: not JSON")
+    assert str(caught.value).count("dataset file") == 1  # the reason once, not wrapped in itself
+    (tmp_path / "d.jsonl").write_text(f'{good}\n["a", "list"]\n')
+    with pytest.raises(JobInputError, match=r"line 2: a JSON list, expected an object with the DialogSum"):
         data.read_records(tmp_path)
     with pytest.raises(JobInputError, match="only 0 dialogue"):
         data.prepare_splits(_records(3), 200, 1000, 0.2)

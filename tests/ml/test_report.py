@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import json
 import re
 import shutil
@@ -251,3 +252,17 @@ def test_the_tradeoff_curve_is_in_every_report_format(tmp_path):
     assert page.count("<tr><td>") >= 5 and "tradeoff.png" in page
     assert imread(out / "tradeoff.png").shape[2] in (3, 4)
     assert "mean toxicity of the response alone" in page  # the headline names what was trained on
+
+
+def test_fewer_dialogues_than_num_samples_asked_for_is_stated_in_the_report(tmp_path):
+    evaluation = synthetic_evaluation()
+    asked = dataclasses.replace(context(), settings=dataclasses.replace(CONFIG, num_samples=N + 100))
+    report.write_report(tmp_path, evaluation, asked)
+    data = json.loads((tmp_path / report.REPORT_JSON).read_text())
+    assert (
+        "asked for more than the test split&#x27;s 37 dialogues"
+        in (tmp_path / report.REPORT_HTML).read_text()
+    )
+    assert data["sample_note"] == f"num_samples={N + 100} asked for more than the test split's 37 dialogues"
+    exact = dataclasses.replace(context(), settings=dataclasses.replace(CONFIG, num_samples=N))
+    assert report.report_data(evaluation, exact)["sample_note"] is None
