@@ -88,7 +88,7 @@ def collect_settings(args: argparse.Namespace, unknown: list[str], environ: dict
 
 def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> int:
     # Heavy imports only once the settings are known to be good.
-    from flan_t5_detox.contract.inputs import evaluation_inputs
+    from flan_t5_detox.contract.inputs import evaluation_inputs, named_as_given
     from flan_t5_detox.contract.outputs import check_writable
     from flan_t5_detox.ml import adapters, data, evaluation, report, runtime
     from flan_t5_detox.ml.loading import load_tokenizer
@@ -106,8 +106,9 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     )
     reward_model.index_of(config.toxic_label)
     tokenizer = load_tokenizer(inputs.base_model)
-    before = adapters.load_merged(inputs.base_model, inputs.before_adapter, machine.dtype)
-    after = adapters.load_merged(inputs.base_model, inputs.after_adapter, machine.dtype)
+    with named_as_given(inputs):
+        before = adapters.load_merged(inputs.base_model, inputs.before_adapter, machine.dtype)
+        after = adapters.load_merged(inputs.base_model, inputs.after_adapter, machine.dtype)
     log.info(
         "dtype=%s threads=%d samples=%d of test split %d",
         machine.dtype_name,

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train(env: TrainingJobEnvironment) -> int:
+def train(env: TrainingJobEnvironment, scratch: Path) -> int:
     config = parse_settings(TrainConfig, env.hyperparameters)  # fails before any model loads
 
     # Heavy imports only once the settings are known to be good.
@@ -57,7 +57,7 @@ def train(env: TrainingJobEnvironment) -> int:
     check_writable(env.model_dir, "the model folder")
     check_writable(env.output_data_dir, "the output data folder")
     check_writable(env.checkpoint_dir, "the checkpoint folder")
-    inputs = training_inputs(env, config)
+    inputs = training_inputs(env, config, scratch)
     prompts = data.training_prompts(inputs.dataset, config)
     machine = runtime.setup(config.dtype, config.num_threads)
     log.info("dtype=%s threads=%d train_prompts=%d", machine.dtype_name, machine.threads, len(prompts))
@@ -120,9 +120,16 @@ def train(env: TrainingJobEnvironment) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    return run_job(
-        lambda: train(TrainingJobEnvironment.from_root(args.ml_root)), [MlPaths(args.ml_root).failure]
-    )
+
+    def body() -> int:
+        env = TrainingJobEnvironment.from_root(args.ml_root)
+        scratch = Path(tempfile.mkdtemp(prefix="detox-train-"))  # a downloaded adapter; gone at exit
+        try:
+            return train(env, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return run_job(body, [MlPaths(args.ml_root).failure])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ tarballs unpacked."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +53,18 @@ class TrainingInputs:
     origins: dict[str, str]
 
 
-def training_inputs(env: TrainingJobEnvironment, config: TrainConfig) -> TrainingInputs:
+def training_inputs(
+    env: TrainingJobEnvironment, config: TrainConfig, scratch: Path | None = None
+) -> TrainingInputs:
     def origin(channel: str, hub_name: str) -> str:
         return f"channel:{channel}" if env.channel(channel) is not None else hub_name
 
     return TrainingInputs(
         base_model=model_source(env.channel("base_model"), config.base_model_name, "base model"),
         reward_model=model_source(env.channel("reward_model"), config.reward_model_name, "reward model"),
-        peft_checkpoint=peft_checkpoint_dir(env.channel("peft_checkpoint"), config.peft_checkpoint_s3_uri),
+        peft_checkpoint=peft_checkpoint_dir(
+            env.channel("peft_checkpoint"), config.peft_checkpoint_s3_uri, scratch
+        ),
         dataset=env.channel("dataset"),
         origins={
             "base_model": origin("base_model", config.base_model_name),
@@ -104,3 +110,20 @@ def evaluation_inputs(env: ProcessingJobEnvironment, config: EvalConfig, scratch
         dataset=env.input("dataset"),
         origins={"before_adapter": before, "after_adapter": after},
     )
+
+
+@contextmanager
+def named_as_given(inputs: EvaluationInputs) -> Iterator[None]:
+    """Bad-input errors about an unpacked tarball name the input the user gave, never the
+    scratch folder it was unpacked into."""
+    try:
+        yield
+    except JobInputError as exc:
+        message = str(exc)
+        for name, given in inputs.origins.items():
+            unpacked = str(getattr(inputs, name))
+            if unpacked != str(given):
+                message = message.replace(unpacked, f"{given} (unpacked)")
+        if message == str(exc):
+            raise
+        raise JobInputError(message) from exc

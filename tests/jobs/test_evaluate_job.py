@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -223,3 +224,26 @@ def test_bad_input_fails_clearly_and_writes_no_report(
     output = root / "processing" / "output"
     assert list((output / "report").iterdir()) == []
     assert [p.name for p in output.iterdir()] == ["report"]  # no staging folder left behind
+
+
+def test_a_damaged_adapter_in_a_tarball_is_named_as_the_user_gave_it(
+    tmp_path, tiny_models, sample_dataset, trained
+):
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model)
+    weights = model / "adapter_model.bin"
+    weights.write_bytes(weights.read_bytes()[:200])
+    inputs = _inputs(
+        tiny_models,
+        sample_dataset,
+        trained,
+        detoxified=_tarball(model, tmp_path / "model-s3", "model.tar.gz"),
+    )
+    root = write_processing_layout(tmp_path / "ml", inputs)
+    assert evaluate.main(["--ml-root", str(root), *SETTINGS]) == 2
+    failure = (root / "output" / "failure").read_text()
+    given = root / "processing" / "input" / "detoxified"
+    assert failure.startswith(
+        f"Bad input: the adapter's weights file {given} (unpacked)/adapter_model.bin is damaged"
+    )
+    assert "detox-evaluate-" not in failure  # the scratch folder it was unpacked into

@@ -165,16 +165,20 @@ def test_peft_checkpoint_is_pulled_from_s3(train_layout, tiny_models, s3_server)
         client.upload_file(str(path), "detox-inputs", f"models/peft/{path.name}")
     root = train_layout(max_ppo_steps=1, peft_checkpoint_s3_uri="s3://detox-inputs/models/peft/")
     shutil.rmtree(root / "input" / "data" / "peft_checkpoint")
+    scratch = root.parent / "tmp"
+    scratch.mkdir()
     env = {
         **os.environ,
         **ISOLATION,
         **aws_env(s3_server.url, "http://127.0.0.1:9"),  # S3 only; nothing else is called
+        "TMPDIR": str(scratch),
     }
     result = subprocess.run(
         [*TRAIN, "--ml-root", str(root)], capture_output=True, text=True, timeout=300, env=env
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (root / "model" / "adapter_model.bin").is_file()
+    assert list(scratch.iterdir()) == []  # the downloaded adapter does not outlive the job
 
     missing = train_layout("missing", max_ppo_steps=1, peft_checkpoint_s3_uri="s3://detox-inputs/nothing/")
     shutil.rmtree(missing / "input" / "data" / "peft_checkpoint")
