@@ -114,25 +114,33 @@ def select_examples(test: list[Example], num_samples: int) -> list[Example]:
 
 
 def generate_responses(model, tokenizer, examples: list[Example], config: EvalConfig):
-    """Sample one response per prompt in batches; the RNG is reseeded so every model draws the same noise."""
+    """Sample one response per prompt in batches. Each dialogue has its own random stream, seeded
+    from `config.seed` and its place in the sample, the same for every model (common random
+    numbers): where PPO left a dialogue's distribution alone, before and after give the same
+    response, whatever else is in the batch, so the paired differences hold only real change."""
     from tqdm import tqdm
 
     query_ids = [
         torch.tensor(ids) for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
     ]
     settings = generation.SamplingSettings(config.min_length, config.top_k, config.top_p)
-    torch.manual_seed(config.seed)
     responses: list[torch.Tensor] = []
     size = config.generation_batch_size
     for start in tqdm(range(0, len(query_ids), size), desc="generate", unit="batch", file=sys.stderr):
         chunk = query_ids[start : start + size]
+        seeds = [row_seed(config.seed, start + i) for i in range(len(chunk))]
         responses += generation.generate(
-            model, tokenizer, chunk, [config.max_new_tokens] * len(chunk), settings
+            model, tokenizer, chunk, [config.max_new_tokens] * len(chunk), settings, row_seeds=seeds
         )
     texts = generation.decode(tokenizer, responses)
     # Response tokens without the decoder start token and the closing EOS.
     lengths = np.array([int((r[1:] != tokenizer.eos_token_id).sum()) for r in responses], dtype=float)
     return texts, lengths
+
+
+def row_seed(seed: int, position: int) -> int:
+    """The random stream of the dialogue at `position` of the sample."""
+    return seed * 1_000_003 + position
 
 
 def rouge_scores(references: list[str], responses: list[str]) -> dict[str, np.ndarray]:

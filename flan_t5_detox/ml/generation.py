@@ -54,15 +54,20 @@ def _processors(settings: SamplingSettings, eos_token_id: int) -> LogitsProcesso
     return processors
 
 
-def draw_tokens(probs: torch.Tensor) -> torch.Tensor:
+def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """One token per row from `probs` (batch, vocab), by inverting the CDF with one uniform per row.
 
     The same distribution as `torch.multinomial`, which draws an exponential for every vocabulary
     entry of every row at every step. Zero-probability tokens (EOS before min_length) are never
-    drawn: their CDF step is empty.
+    drawn: their CDF step is empty. With `generators` (one per row) each row's uniform comes from
+    its own stream; otherwise all come from torch's global one.
     """
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand(len(probs), 1, dtype=cdf.dtype) * cdf[:, -1:]
+    if generators is None:
+        u = torch.rand(len(probs), 1, dtype=cdf.dtype)
+    else:
+        u = torch.cat([torch.rand(1, 1, dtype=cdf.dtype, generator=g) for g in generators])
+    u = u * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
@@ -105,14 +110,18 @@ def pad_states(states: list[torch.Tensor], length: int | None = None) -> torch.T
 
 
 @torch.no_grad()
-def _sample(seq2seq, encoded, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int):
+def _sample(
+    seq2seq, encoded, attention_mask, budgets: list[int], processors, start_id: int, eos_id: int, streams
+):
     """Sample row i up to budgets[i] new tokens or EOS; finished rows leave the batch."""
     decoder = IncrementalDecoder(seq2seq, encoded, attention_mask, max(budgets))
     with decoding_products(decoder.t5.decoder, decoder.t5.lm_head):
-        return _sample_loop(decoder, budgets, processors, start_id, eos_id)
+        return _sample_loop(decoder, budgets, processors, start_id, eos_id, streams)
 
 
-def _sample_loop(decoder: IncrementalDecoder, budgets: list[int], processors, start_id: int, eos_id: int):
+def _sample_loop(
+    decoder: IncrementalDecoder, budgets: list[int], processors, start_id: int, eos_id: int, streams
+):
     rows = torch.arange(len(budgets))  # original index of each row still generating
     left = torch.tensor(budgets)
     sequences = torch.full((len(budgets), 1), start_id)
@@ -120,7 +129,7 @@ def _sample_loop(decoder: IncrementalDecoder, budgets: list[int], processors, st
     while len(rows):
         logits = decoder.step(sequences[:, -1])
         scores = processors(sequences, logits.float())
-        tokens = draw_tokens(scores.softmax(dim=-1))
+        tokens = draw_tokens(scores.softmax(dim=-1), None if streams is None else [streams[r] for r in rows])
         sequences, left = torch.cat([sequences, tokens], dim=1), left - 1
         finished = (tokens[:, 0] == eos_id) | (left <= 0)
         if finished.any():
@@ -141,10 +150,13 @@ def generate(
     settings: SamplingSettings,
     batch_size: int = 0,
     encoder_states: list[torch.Tensor] | None = None,
+    row_seeds: list[int] | None = None,
 ) -> list[torch.Tensor]:
     """Sample one response per query (decoder start token first), in batches of `batch_size` (0 = all).
 
-    `encoder_states` (from `encode`, same model and queries) saves running the encoder again."""
+    `encoder_states` (from `encode`, same model and queries) saves running the encoder again.
+    With `row_seeds`, query i samples from its own random stream, seeded `row_seeds[i]`: its
+    response then depends on nothing else in the batch, not even on how long the others are."""
     seq2seq = _seq2seq(model)
     start_id = seq2seq.config.decoder_start_token_id
     processors = _processors(settings, tokenizer.eos_token_id)
@@ -165,9 +177,14 @@ def generate(
                 processors,
                 start_id,
                 tokenizer.eos_token_id,
+                None if row_seeds is None else _streams(row_seeds[start : start + batch_size]),
             )
         )
     return responses
+
+
+def _streams(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
 def decode(tokenizer, responses: list[torch.Tensor]) -> list[str]:

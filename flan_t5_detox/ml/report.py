@@ -387,7 +387,8 @@ def headline(evaluation: Evaluation) -> str:
         f"(sd {_num(tox.after.std)}): mean paired difference {_num(tox.mean_diff)} "
         f"[{_num(tox.ci_low)}, {_num(tox.ci_high)}], relative improvement "
         f"{_pct(improvement['value'])} [{_pct(improvement['ci_low'])}, {_pct(improvement['ci_high'])}], "
-        f"Wilcoxon p = {_pvalue(tox.wilcoxon_p)}; {verdict}."
+        f"paired t-test p = {_pvalue(tox.t_p)} (Wilcoxon signed-rank p = {_pvalue(tox.wilcoxon_p)}); "
+        f"{verdict}."
     )
 
 
