@@ -2,8 +2,12 @@
 as a recipe.
 
     setup  settings and inputs (before any model loads), runtime, reward model, both summarizers
-    run    the same test prompts through both, scored and compared pairwise
+    run    the same test prompts through both (and every kept adapter), scored per dialogue
     save   processing/output/report/ (report.json, comparisons.csv, report.html, plots)
+
+On N processing hosts (resourceconfig.json) each host measures its block of the test prompts
+and writes `part-<host>.json` instead; `evaluate merge` (input `parts`: those files) then writes
+the report, the same as one host's.
 
 Inputs (under <ml-root>/processing/input/):
     base_model        base model folder (else the `base_model_name` setting, from the hub)
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"(e.g. {ENV_PREFIX}NUM_SAMPLES=200); arguments win.",
     )
     parser.add_argument("--ml-root", type=Path, default=ML_ROOT, help="folder standing in for /opt/ml")
-    # The image is started as `evaluate ...`; accept and ignore that word.
+    # The image is started as `evaluate ...`; accept that word. `evaluate merge` builds the report of a
+    # sharded evaluation from its hosts' parts (input `parts`).
     parser.add_argument("mode", nargs="?", help=argparse.SUPPRESS)
     defaults = EvalConfig()
     for name in SETTINGS:
@@ -69,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def collect_settings(args: argparse.Namespace, unknown: list[str], environ: dict[str, str]) -> EvalConfig:
     """Environment first, then arguments; unknown arguments are a clear error, not an argparse exit."""
-    if args.mode not in (None, "evaluate"):
+    if args.mode not in (None, "evaluate", "merge"):
         unknown = [args.mode, *unknown]
     if unknown:
         flags = ["--" + s.replace("_", "-") for s in SETTINGS]
@@ -90,7 +95,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     # Heavy imports only once the settings are known to be good.
     from flan_t5_detox.contract.inputs import evaluation_inputs, named_as_given
     from flan_t5_detox.contract.outputs import check_writable
-    from flan_t5_detox.ml import adapters, data, evaluation, report, runtime
+    from flan_t5_detox.ml import adapters, data, evaluation, report, runtime, shards
     from flan_t5_detox.ml.loading import load_tokenizer
     from flan_t5_detox.ml.rewards import RewardModel
 
@@ -100,6 +105,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     curves, training_summary = report.read_training_output(inputs.training_output)
     test = data.load_splits(inputs.dataset, config).test
     examples = evaluation.select_examples(test, config.num_samples)
+    positions = shards.block(len(examples), env.host_index, len(env.hosts))  # all of them on one host
     machine = runtime.setup(config.dtype, config.num_threads)
     reward_model = RewardModel(
         inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
@@ -110,34 +116,42 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         before = adapters.load_merged(inputs.base_model, inputs.before_adapter, machine.dtype)
         after = adapters.load_merged(inputs.base_model, inputs.after_adapter, machine.dtype)
     log.info(
-        "dtype=%s threads=%d samples=%d of test split %d",
+        "dtype=%s threads=%d samples=%d of test split %d; this host (%s, %d of %d) measures %d",
         machine.dtype_name,
         machine.threads,
         len(examples),
         len(test),
+        env.current_host,
+        env.host_index + 1,
+        len(env.hosts),
+        len(positions),
     )
 
-    # Run: before and after, then every adapter the train job kept along the way.
-    result = evaluation.run(before, after, tokenizer, examples, len(test), reward_model, config)
+    # Run: this host's dialogues through both models, then every adapter the train job kept.
+    mine = [examples[p] for p in positions]
+
+    def measure(model):
+        return evaluation.evaluate_model(model, tokenizer, mine, reward_model, config, positions)
+
     kept = adapters.step_adapters(inputs.after_adapter)
     info = adapters.read_adapter_info(inputs.after_adapter)  # kept steps come with it: our train job's
-    if kept and info:
-        final_step = int(info["ppo_steps"])
-        sides = {
-            step: evaluation.evaluate_model(
-                adapters.load_merged(inputs.base_model, folder, machine.dtype),
-                tokenizer,
-                examples,
-                reward_model,
-                config,
-            )
+    final_step = int(info["ppo_steps"]) if kept and info else None
+    measured = shards.Measurements(
+        examples=mine,
+        positions=positions,
+        sample_size=len(examples),
+        test_split_size=len(test),
+        before=measure(before),
+        after=measure(after),
+        steps={
+            step: measure(adapters.load_merged(inputs.base_model, folder, machine.dtype))
             for step, folder in kept.items()
-            if step != final_step
-        }
-        kl = dict(zip(curves.step, curves.kl)) if curves else None
-        result.curve = evaluation.tradeoff_curve(result, sides, final_step, config, kl)
+            if final_step is not None and step != final_step
+        },
+        final_step=final_step,
+    )
 
-    # Save.
+    # Save: the report, or on one of several hosts this host's part of it.
     context = report.ReportContext(
         settings=config,
         sources={
@@ -155,6 +169,43 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         training=curves,
         training_summary=training_summary,
     )
+    if len(env.hosts) > 1:
+        part = shards.write_part(
+            env.output(REPORT_OUTPUT), env.current_host, measured, report.context_json(context)
+        )
+        log.info("part: %s (merge all hosts' parts with `evaluate merge`)", part)
+        return 0
+    return write_report(env, measured, context)
+
+
+def merge(env: ProcessingJobEnvironment) -> int:
+    """`evaluate merge`: the report of a sharded evaluation, from the hosts' parts (input `parts`)."""
+    from flan_t5_detox.contract.outputs import check_writable
+    from flan_t5_detox.ml import report, shards
+
+    check_writable(env.output(REPORT_OUTPUT), "the report folder")
+    parts = env.input("parts")
+    if parts is None:
+        expected = MlPaths(env.root).processing_input("parts")
+        raise JobInputError(
+            f"missing input 'parts' (the sharded evaluation's report output): expected {expected}"
+        )
+    measured, context = shards.read_parts(parts)
+    return write_report(env, measured, report.context_from_json(context))
+
+
+def write_report(env: ProcessingJobEnvironment, measured, context) -> int:
+    """Statistics, the trade-off curve and the report files, from every dialogue's measurements."""
+    from flan_t5_detox.ml import evaluation, report
+
+    config = context.settings
+    result = evaluation.assemble(
+        measured.examples, measured.test_split_size, measured.before, measured.after, config
+    )
+    if measured.final_step is not None:
+        curves = context.training
+        kl = dict(zip(curves.step, curves.kl)) if curves else None
+        result.curve = evaluation.tradeoff_curve(result, measured.steps, measured.final_step, config, kl)
     written = report.write_report(env.output(REPORT_OUTPUT), result, context)
     log.info("report: %s", ", ".join(str(p) for p in written))
     return 0
@@ -165,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def body() -> int:
+        if args.mode == "merge":
+            return merge(ProcessingJobEnvironment.from_root(args.ml_root))
         config = collect_settings(args, unknown, dict(os.environ))  # fails before any model loads
         env = ProcessingJobEnvironment.from_root(args.ml_root)
         scratch = Path(tempfile.mkdtemp(prefix="detox-evaluate-"))

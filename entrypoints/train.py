@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from flan_t5_detox.contract.environment import TrainingJobEnvironment
-from flan_t5_detox.contract.failure import run_job, setup_logging
+from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
 from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
 from flan_t5_detox.contract.settings import TrainConfig, parse_settings
 
@@ -53,6 +53,11 @@ def train(env: TrainingJobEnvironment, scratch: Path) -> int:
     from flan_t5_detox.ml.rewards import RewardModel
     from flan_t5_detox.ml.training import TrainingRun
 
+    if len(env.hosts) > 1:
+        raise JobInputError(
+            f"the train job runs on one instance, got hosts {env.hosts}: data-parallel PPO across "
+            "instances is not built yet, and each host would train the same model. Set InstanceCount to 1"
+        )
     # Setup: outputs, inputs and data first, so bad input fails before the models load.
     check_writable(env.model_dir, "the model folder")
     check_writable(env.output_data_dir, "the output data folder")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import time
 from pathlib import Path
 
 from flan_t5_detox.contract import s3
-from flan_t5_detox.contract.paths import EVAL_INPUTS
+from flan_t5_detox.contract.paths import EVAL_INPUTS, REPORT_OUTPUT
 
 from . import jobs, local_backend
 from . import sagemaker_backend as sm
@@ -63,13 +64,34 @@ def train(options: Options, out) -> int:
 def evaluate(options: Options, out) -> int:
     aws = connect(options)
     job = jobs.eval_job(_with_train_job(aws, options))
+    if job.resources.instance_count > 1 and not options.wait:
+        raise LaunchError("an evaluation on several instances needs --wait: its merge job runs after it")
+    if not options.wait:
+        sm.submit_processing(aws, job)
+        _submitted(aws, "processing-jobs", job.name, job.report_uri, out)
+        return 0
+    _evaluated(aws, job, options, out)
+    return 0
+
+
+def _evaluated(aws: Aws, job: jobs.EvalJob, options: Options, out) -> jobs.EvalJob:
+    """Run `job` to the end; on several instances, then the merge of its hosts' parts. Returns the
+    job whose output is the report."""
     sm.submit_processing(aws, job)
     _submitted(aws, "processing-jobs", job.name, job.report_uri, out)
-    return _ended(_follow(aws, job.name, options, out, "evaluate")) if options.wait else 0
+    _ended(_follow(aws, job.name, options, out, "evaluate"))
+    if job.resources.instance_count == 1:
+        return job
+    merge = jobs.merge_job(job)
+    sm.submit_processing(aws, merge)
+    _submitted(aws, "processing-jobs", merge.name, merge.report_uri, out)
+    _ended(_follow(aws, merge.name, options, out, "evaluate"))
+    return merge
 
 
 def pipeline(options: Options, dest: Path, out) -> int:
-    """train -> wait -> evaluate the trained model -> wait -> fetch the report."""
+    """train -> wait -> evaluate the trained model -> wait (-> merge the hosts' parts -> wait) -> fetch
+    the report."""
     stamp = jobs.timestamp()  # one timestamp names both jobs
     train_job = jobs.train_job(options, name=jobs.job_name("detox-train", stamp))
     # The evaluation's "before" model is the adapter the training started from.
@@ -88,10 +110,8 @@ def pipeline(options: Options, dest: Path, out) -> int:
     eval_job.inputs["detoxified"] = trained.artifacts.get("model", train_job.model_artifacts)
     if not _existing(aws, eval_job.inputs["training_output"]):
         del eval_job.inputs["training_output"]
-    sm.submit_processing(aws, eval_job)
-    _submitted(aws, "processing-jobs", eval_job.name, eval_job.report_uri, out)
-    _ended(_follow(aws, eval_job.name, options, out, "evaluate"))
-    return fetch(options, eval_job.name, dest, out, aws)
+    reported = _evaluated(aws, eval_job, options, out)
+    return fetch(options, reported.name, dest, out, aws)
 
 
 def wait(options: Options, name: str, out) -> int:
@@ -162,6 +182,12 @@ def local(options: Options, kind: str, dry_run: bool, out) -> int:
         )
     root = Path(options.work_dir or Path("detox-local") / job.name)
     client = aws.client("s3") if aws else None
+    if kind == "evaluate" and job.resources.instance_count > 1:
+        if dry_run:
+            raise LaunchError(
+                "--dry-run shows one job; an evaluation on several instances is one per host and a merge"
+            )
+        return _local_sharded(options, job, root, client, out)
     prepare = local_backend.prepare_training if kind == "train" else local_backend.prepare_processing
     run = prepare(job, root, client)
     print(f"{job.name}: /opt/ml layout at {run.root}", file=out)
@@ -173,6 +199,11 @@ def local(options: Options, kind: str, dry_run: bool, out) -> int:
             command = local_backend.process_command(run)
         print(shlex.join(command), file=out)  # safe to paste: values with spaces or $(...) stay whole
         return 0
+    _run_local(run, job, options, client, out)
+    return 0
+
+
+def _run_local(run: local_backend.LocalRun, job, options: Options, client, out) -> None:
     started = time.monotonic()
     code = local_backend.execute(run, options.docker, job.image, job.environment, options.network, client)
     elapsed = time.monotonic() - started
@@ -182,4 +213,23 @@ def local(options: Options, kind: str, dry_run: bool, out) -> int:
     print(f"{job.name}: Completed in {elapsed:.0f} s", file=out)
     for name, path in run.outputs.items():
         print(f"  {name}: {path}", file=out)
+
+
+def _local_sharded(options: Options, job: jobs.EvalJob, root: Path, client, out) -> int:
+    """An evaluation on N instances, here: each host in turn with its own /opt/ml (root/<host>),
+    its part collected into root/parts, then the merge job (root/merge) writes the report."""
+    parts = root / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for index in range(job.resources.instance_count):
+        host = f"algo-{index + 1}"
+        run = local_backend.prepare_processing(job, root / host, client, host)
+        print(f"{job.name} ({host}): /opt/ml layout at {run.root}", file=out)
+        _run_local(run, job, options, client, out)
+        for part in run.outputs[REPORT_OUTPUT].glob("part-*.json"):
+            shutil.copy2(part, parts / part.name)
+    merge = jobs.merge_job(job)
+    merge.inputs = {"parts": str(parts)}
+    run = local_backend.prepare_processing(merge, root / "merge", client)
+    print(f"{merge.name}: /opt/ml layout at {run.root}", file=out)
+    _run_local(run, merge, options, client, out)
     return 0

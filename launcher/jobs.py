@@ -6,6 +6,7 @@ second instead of after the instance has started.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,12 @@ def train_job(options: Options, cloud: bool = True, name: str | None = None) -> 
     hyperparameters = encode_hyperparameters(options.hyperparameters)
     if options.spot and not cloud:
         raise LaunchError("--spot applies to SageMaker jobs only")
+    if options.instance_count > 1:
+        raise LaunchError(
+            "the train job runs on one instance: data-parallel PPO across instances is not built yet, and "
+            f"{options.instance_count} instances would each train the same model. Use --instance-count "
+            "with `evaluate --wait`, which shards the evaluation"
+        )
     max_wait = (options.max_wait or 2 * options.max_run) if options.spot else None
     if max_wait is not None and max_wait < options.max_run:
         raise LaunchError("--max-wait must be >= --max-run (it includes the run time)")
@@ -185,4 +192,23 @@ def eval_job(options: Options, cloud: bool = True, name: str | None = None) -> E
         report_uri=s3.join(output_path(options), name, REPORT_OUTPUT) if cloud else "",
         tags={str(k): str(v) for k, v in options.tags.items()},
         environment={str(k): str(v) for k, v in options.environment.items()},
+    )
+
+
+MERGE_ARGUMENTS = ["merge"]  # `evaluate merge`: the report from a sharded evaluation's parts
+
+
+def merge_job(sharded: EvalJob) -> EvalJob:
+    """The one-instance job that builds the report of `sharded` (an evaluation on several
+    instances, whose report output holds one part per host) from its parts."""
+    name = f"{sharded.name[:57]}-merge"
+    # report_uri is <output path>/<job name>/report: the merge writes beside the sharded job.
+    output = sharded.report_uri.rsplit("/", 2)[0] if sharded.report_uri else ""
+    return dataclasses.replace(
+        sharded,
+        name=name,
+        arguments=list(MERGE_ARGUMENTS),
+        inputs={"parts": sharded.report_uri},
+        resources=dataclasses.replace(sharded.resources, instance_count=1),
+        report_uri=s3.join(output, name, REPORT_OUTPUT) if output else "",
     )

@@ -85,7 +85,8 @@ def prepare_training(job: TrainJob, root: Path, s3_client=None) -> LocalRun:
     return run
 
 
-def prepare_processing(job: EvalJob, root: Path, s3_client=None) -> LocalRun:
+def prepare_processing(job: EvalJob, root: Path, s3_client=None, host: str = layout.HOST) -> LocalRun:
+    """The layout of one host of `job` (`host` of `job.resources.instance_count`)."""
     paths = MlPaths(Path(root).resolve())
     run = LocalRun("evaluate", job.name, paths, list(job.arguments), entrypoint=job.entrypoint)
     for name, source in job.inputs.items():
@@ -104,6 +105,7 @@ def prepare_processing(job: EvalJob, root: Path, s3_client=None) -> LocalRun:
         arguments=job.arguments,
         environment=job.environment,
         role=job.role,
+        current_host=host,
     )
     return run
 

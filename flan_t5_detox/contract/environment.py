@@ -121,6 +121,17 @@ class ProcessingJobEnvironment:
     job_config: dict[str, object]
     message_file: Path
     failure_file: Path
+    current_host: str = "algo-1"
+    hosts: list[str] = field(default_factory=lambda: ["algo-1"])  # sorted, as SageMaker lists them
+
+    @property
+    def host_index(self) -> int:
+        """This host's place in `hosts`: which shard of the work it does."""
+        if self.current_host not in self.hosts:
+            raise JobInputError(
+                f"resourceconfig.json: current_host {self.current_host!r} is not in hosts {self.hosts}"
+            )
+        return self.hosts.index(self.current_host)
 
     @classmethod
     def from_root(cls, root: Path | str = ML_ROOT):
@@ -145,6 +156,7 @@ class ProcessingJobEnvironment:
             for path in input_dir.iterdir():
                 if path.is_dir():
                     inputs.setdefault(path.name, path)
+        resource_config = _read_json(paths.processing_resource_config, {})
         return cls(
             root=root,
             inputs=inputs,
@@ -152,6 +164,8 @@ class ProcessingJobEnvironment:
             job_config=job_config,
             message_file=paths.message,
             failure_file=paths.failure,
+            current_host=str(resource_config.get("current_host", "algo-1")),
+            hosts=sorted(resource_config.get("hosts", ["algo-1"])),
         )
 
     def input(self, name: str) -> Path | None:

@@ -114,9 +114,11 @@ def write_processing_config(
     arguments: list[str] | None = None,
     environment: dict[str, str] | None = None,
     role: str = "",
+    current_host: str = HOST,
 ) -> None:
     """`processingjobconfig.json` (the CreateProcessingJob request, as SageMaker writes it) and
-    `resourceconfig.json`. `inputs` and `outputs` map names to their S3 (or file) URIs."""
+    `resourceconfig.json` (`current_host` of `instance_count` hosts). `inputs` and `outputs` map
+    names to their S3 (or file) URIs."""
     request = {
         "ProcessingJobName": job_name,
         "ProcessingInputs": [
@@ -165,7 +167,8 @@ def write_processing_config(
         "RoleArn": role,
     }
     _write_json(paths.processing_job_config, request)
-    _write_json(paths.processing_resource_config, {"current_host": HOST, "hosts": [HOST]})
+    hosts = [f"algo-{i + 1}" for i in range(instance_count)]  # as SageMaker names them
+    _write_json(paths.processing_resource_config, {"current_host": current_host, "hosts": hosts})
     for name in outputs:
         paths.processing_output(name).mkdir(parents=True, exist_ok=True)
     paths.message.parent.mkdir(parents=True, exist_ok=True)

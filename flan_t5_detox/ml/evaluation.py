@@ -113,22 +113,27 @@ def select_examples(test: list[Example], num_samples: int) -> list[Example]:
     return chosen
 
 
-def generate_responses(model, tokenizer, examples: list[Example], config: EvalConfig):
+def generate_responses(
+    model, tokenizer, examples: list[Example], config: EvalConfig, positions: list[int] | None = None
+):
     """Sample one response per prompt in batches. Each dialogue has its own random stream, seeded
     from `config.seed` and its place in the sample, the same for every model (common random
     numbers): where PPO left a dialogue's distribution alone, before and after give the same
-    response, whatever else is in the batch, so the paired differences hold only real change."""
+    response, whatever else is in the batch, so the paired differences hold only real change.
+    `positions` are the examples' places in the whole sample (default 0, 1, ...): a shard of the
+    sample passes its own, so each dialogue gets the stream it gets on one host."""
     from tqdm import tqdm
 
     query_ids = [
         torch.tensor(ids) for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
     ]
     settings = generation.SamplingSettings(config.min_length, config.top_k, config.top_p)
+    positions = list(range(len(examples))) if positions is None else positions
     responses: list[torch.Tensor] = []
     size = config.generation_batch_size
     for start in tqdm(range(0, len(query_ids), size), desc="generate", unit="batch", file=sys.stderr):
         chunk = query_ids[start : start + size]
-        seeds = [row_seed(config.seed, start + i) for i in range(len(chunk))]
+        seeds = [row_seed(config.seed, p) for p in positions[start : start + size]]
         responses += generation.generate(
             model, tokenizer, chunk, [config.max_new_tokens] * len(chunk), settings, row_seeds=seeds
         )
@@ -153,10 +158,15 @@ def rouge_scores(references: list[str], responses: list[str]) -> dict[str, np.nd
 
 
 def evaluate_model(
-    model, tokenizer, examples: list[Example], reward_model: RewardModel, config: EvalConfig
+    model,
+    tokenizer,
+    examples: list[Example],
+    reward_model: RewardModel,
+    config: EvalConfig,
+    positions: list[int] | None = None,
 ) -> Side:
     started = time.perf_counter()
-    responses, lengths = generate_responses(model, tokenizer, examples, config)
+    responses, lengths = generate_responses(model, tokenizer, examples, config, positions)
     generated = time.perf_counter()
     toxic = reward_model.index_of(config.toxic_label)
     scores = {
@@ -225,6 +235,11 @@ def run(
     log.info("evaluating %d test dialogues (of %d in the test split)", len(examples), test_split_size)
     before = evaluate_model(before_model, tokenizer, examples, reward_model, config)
     after = evaluate_model(after_model, tokenizer, examples, reward_model, config)
+    return assemble(examples, test_split_size, before, after, config)
+
+
+def assemble(examples: list[Example], test_split_size: int, before: Side, after: Side, config: EvalConfig):
+    """The evaluation of two measured sides: every metric compared pairwise."""
     evaluation = Evaluation(
         examples, test_split_size, before, after, compare(before, after, config), config.reward_input
     )

@@ -100,6 +100,23 @@ class ReportContext:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+def context_json(context: ReportContext) -> dict:
+    """The context as JSON values (a sharded evaluation's part carries it to the merge)."""
+    return _clean(dataclasses.asdict(context))
+
+
+def context_from_json(data: dict) -> ReportContext:
+    return ReportContext(
+        settings=EvalConfig(**data["settings"]),
+        sources={name: Source(**source) for name, source in data["sources"].items()},
+        versions=data["versions"],
+        runtime=data["runtime"],
+        training=TrainingCurves(**data["training"]) if data.get("training") else None,
+        training_summary=data.get("training_summary"),
+        created=data["created"],
+    )
+
+
 def _clean(value):
     """JSON-safe: numpy scalars to Python, non-finite floats to None."""
     if isinstance(value, dict):

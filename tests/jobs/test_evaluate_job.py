@@ -247,3 +247,57 @@ def test_a_damaged_adapter_in_a_tarball_is_named_as_the_user_gave_it(
         f"Bad input: the adapter's weights file {given} (unpacked)/adapter_model.bin is damaged"
     )
     assert "detox-evaluate-" not in failure  # the scratch folder it was unpacked into
+
+
+def test_two_shards_merged_give_the_one_host_report(tmp_path, tiny_models, sample_dataset, trained):
+    """Two processing hosts each measure half of the dialogues; `evaluate merge` builds the report,
+    and it is the one-host report, row for row and figure for figure."""
+    inputs = _inputs(tiny_models, sample_dataset, trained)
+    single = write_processing_layout(tmp_path / "single", inputs)
+    assert evaluate.main(["--ml-root", str(single), *SETTINGS]) == 0
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for host in ("algo-1", "algo-2"):
+        root = write_processing_layout(tmp_path / host, inputs)
+        (root / "config" / "resourceconfig.json").write_text(
+            json.dumps({"current_host": host, "hosts": ["algo-2", "algo-1"]})
+        )
+        assert evaluate.main(["--ml-root", str(root), *SETTINGS]) == 0
+        written = sorted(p.name for p in (root / "processing" / "output" / "report").iterdir())
+        assert written == [f"part-{host}.json"]  # a part, named for its host; no report yet
+        shutil.copy(root / "processing" / "output" / "report" / written[0], parts)
+    sizes = [len(json.loads(p.read_text())["positions"]) for p in sorted(parts.iterdir())]
+    assert sizes == [6, 6]
+
+    merged = write_processing_layout(tmp_path / "merge", {"parts": parts})
+    assert evaluate.main(["merge", "--ml-root", str(merged)]) == 0
+    one, two = (root / "processing" / "output" / "report" for root in (single, merged))
+    assert {p.name for p in two.iterdir()} == REPORT_FILES
+    for name in (report.COMPARISONS_CSV, report.TRADEOFF_CSV):
+        assert (two / name).read_text() == (one / name).read_text(), name
+    a, b = (json.loads((folder / report.REPORT_JSON).read_text()) for folder in (one, two))
+    for key in (
+        "metrics",
+        "tradeoff",
+        "toxicity_relative_improvement",
+        "sample_size",
+        "test_split_size",
+        "settings",
+    ):
+        assert b[key] == a[key], key
+    assert {k: m["sha256"] for k, m in b["models"].items()} == {
+        k: m["sha256"] for k, m in a["models"].items()
+    }
+
+
+def test_merge_refuses_parts_that_do_not_cover_the_sample(tmp_path, tiny_models, sample_dataset, trained):
+    root = write_processing_layout(tmp_path / "host", _inputs(tiny_models, sample_dataset, trained))
+    (root / "config" / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]})
+    )
+    assert evaluate.main(["--ml-root", str(root), *SETTINGS]) == 0
+    merged = write_processing_layout(tmp_path / "merge", {"parts": root / "processing" / "output" / "report"})
+    assert evaluate.main(["merge", "--ml-root", str(merged)]) == 2
+    failure = (merged / "output" / "failure").read_text()
+    assert "cover 6 dialogue(s) of the 12 sampled, not each once: a host's part is missing" in failure

@@ -873,3 +873,83 @@ def test_dry_run_prints_a_command_that_is_safe_to_paste(launch, tmp_path, tiny_m
     assert f"NOTE={value}" in command  # one argument, spaces and $(...) intact
     subprocess.run(["bash", "-c", f"set -- {line}"], check=True)  # what pasting does to the line
     assert not marker.exists()
+
+
+def test_evaluate_on_two_instances_then_merges_the_hosts_parts(aws, bucket, launch, tmp_path):
+    acts_like_sagemaker(aws)
+    model = put(aws, "inputs/model/model.tar.gz")
+    peft = put(aws, "inputs/peft/adapter_config.json")
+    code, out, err = launch(
+        "evaluate", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--peft-checkpoint", peft,
+        "--detoxified", model, "--instance-count", "2", "--wait", "--poll", "0.01", "--no-logs",
+    )  # fmt: skip
+    assert code == 0, err
+    eval_name, merge_name = re.findall(r"submitted (\S+)", out)
+    assert merge_name == f"{eval_name[:57]}-merge"
+    sharded, merge = aws.api.sent("CreateProcessingJob")
+    assert sharded["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
+    parts_uri = sharded["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+    assert merge["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 1
+    assert merge["AppSpecification"]["ContainerEntrypoint"] == ["evaluate"]
+    assert merge["AppSpecification"]["ContainerArguments"] == ["merge"]
+    assert [(i["InputName"], i["S3Input"]["S3Uri"]) for i in merge["ProcessingInputs"]] == [
+        ("parts", parts_uri)
+    ]
+    assert merge["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"].endswith(
+        f"/{merge_name}/report"
+    )
+
+    code, out, err = launch(
+        "evaluate", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--detoxified", model,
+        "--instance-count", "2",
+    )  # fmt: skip
+    assert code == 2 and "needs --wait: its merge job runs after it" in err
+    code, out, err = launch(
+        "train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--instance-count", "2"
+    )
+    assert code == 2 and "data-parallel PPO across instances is not built yet" in err
+    assert len(aws.api.sent("CreateProcessingJob")) == 2 and not aws.api.sent("CreateTrainingJob")
+
+
+def test_local_evaluation_on_two_hosts_merges_to_the_one_host_report(
+    launch, tmp_path, tiny_models, sample_dataset
+):
+    """The no-Docker path with a two-host resource config: each host a process, then the merge."""
+    from detox_entrypoints import train
+
+    from flan_t5_detox.contract.layout import write_training_layout
+
+    channels = {
+        "base_model": tiny_models.base_model,
+        "peft_checkpoint": tiny_models.peft_checkpoint,
+        "reward_model": tiny_models.reward_model,
+        "dataset": sample_dataset,
+    }
+    trained = write_training_layout(
+        tmp_path / "train", channels, {"max_ppo_steps": 1, "batch_size": 8, "num_threads": 1}
+    )
+    assert train.main(["--ml-root", str(trained)]) == 0
+    common = [
+        "--base-model", tiny_models.base_model, "--peft-checkpoint", tiny_models.peft_checkpoint,
+        "--reward-model", tiny_models.reward_model, "--dataset", sample_dataset,
+        "--detoxified", trained / "model", "--eval", "num_samples=9", "--eval", "max_new_tokens=12",
+        "--eval", "bootstrap_samples=200", "--eval", "num_threads=1",
+    ]  # fmt: skip
+    code, out, err = launch("local", "evaluate", "--no-docker", "--work-dir", tmp_path / "one", *common)
+    assert code == 0, err
+    code, out, err = launch(
+        "local", "evaluate", "--no-docker", "--work-dir", tmp_path / "two", "--instance-count", "2", *common
+    )
+    assert code == 0, err
+    for host in ("algo-1", "algo-2"):
+        config = json.loads((tmp_path / "two" / host / "config" / "resourceconfig.json").read_text())
+        assert config == {"current_host": host, "hosts": ["algo-1", "algo-2"]}
+    assert sorted(p.name for p in (tmp_path / "two" / "parts").iterdir()) == [
+        "part-algo-1.json",
+        "part-algo-2.json",
+    ]
+    one = tmp_path / "one" / "processing" / "output" / "report"
+    two = tmp_path / "two" / "merge" / "processing" / "output" / "report"
+    assert (two / "comparisons.csv").read_text() == (one / "comparisons.csv").read_text()
+    a, b = (json.loads((folder / "report.json").read_text()) for folder in (one, two))
+    assert a["metrics"] == b["metrics"] and a["sample_size"] == b["sample_size"] == 9
