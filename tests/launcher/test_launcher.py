@@ -912,22 +912,12 @@ def test_evaluate_on_two_instances_then_merges_the_hosts_parts(aws, bucket, laun
 
 
 def test_local_evaluation_on_two_hosts_merges_to_the_one_host_report(
-    launch, tmp_path, tiny_models, sample_dataset
+    launch, tmp_path, tiny_models, sample_dataset, train_layout
 ):
     """The no-Docker path with a two-host resource config: each host a process, then the merge."""
     from detox_entrypoints import train
 
-    from flan_t5_detox.contract.layout import write_training_layout
-
-    channels = {
-        "base_model": tiny_models.base_model,
-        "peft_checkpoint": tiny_models.peft_checkpoint,
-        "reward_model": tiny_models.reward_model,
-        "dataset": sample_dataset,
-    }
-    trained = write_training_layout(
-        tmp_path / "train", channels, {"max_ppo_steps": 1, "batch_size": 8, "num_threads": 1}
-    )
+    trained = train_layout("train", max_ppo_steps=1)
     assert train.main(["--ml-root", str(trained)]) == 0
     common = [
         "--base-model", tiny_models.base_model, "--peft-checkpoint", tiny_models.peft_checkpoint,
