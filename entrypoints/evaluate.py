@@ -105,7 +105,8 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     curves, training_summary = report.read_training_output(inputs.training_output)
     test = data.load_splits(inputs.dataset, config).test
     examples = evaluation.select_examples(test, config.num_samples)
-    positions = shards.block(len(examples), env.host_index, len(env.hosts))  # all of them on one host
+    # On one host: all of them. Blocks are whole generation batches.
+    positions = shards.block(len(examples), env.host_index, len(env.hosts), config.generation_batch_size)
     machine = runtime.setup(config.dtype, config.num_threads)
     reward_model = RewardModel(
         inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
@@ -131,6 +132,8 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     mine = [examples[p] for p in positions]
 
     def measure(model):
+        if not mine:  # more hosts than generation batches: this one's part is empty
+            return evaluation.Side.empty()
         return evaluation.evaluate_model(model, tokenizer, mine, reward_model, config, positions)
 
     kept = adapters.step_adapters(inputs.after_adapter)

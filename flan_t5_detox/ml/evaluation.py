@@ -51,6 +51,11 @@ class Side:
     generate_seconds: float
     score_seconds: float
 
+    @classmethod
+    def empty(cls) -> Side:
+        """No responses: a host that got no dialogues of a sharded evaluation."""
+        return cls([], {name: np.array([]) for name in METRICS}, 0.0, 0.0)
+
 
 @dataclass
 class Throughput:
@@ -169,16 +174,20 @@ def evaluate_model(
     responses, lengths = generate_responses(model, tokenizer, examples, config, positions)
     generated = time.perf_counter()
     toxic = reward_model.index_of(config.toxic_label)
-    scores = {
-        reward_input: reward_model.score(
-            [reward_text(e.prompt, r, reward_input) for e, r in zip(examples, responses)]
+    size = config.generation_batch_size
+    scores = {}
+    for reward_input in ("query_response", "response"):
+        texts = [reward_text(e.prompt, r, reward_input) for e, r in zip(examples, responses)]
+        # Scored a generation batch at a time: the same groups on one host as on several.
+        parts = [reward_model.score(texts[i : i + size]) for i in range(0, len(texts), size)]
+        scores[reward_input] = (
+            torch.cat([p.probabilities for p in parts])[:, toxic].numpy().astype(float),
+            torch.cat([p.reward for p in parts]).numpy().astype(float),
         )
-        for reward_input in ("query_response", "response")
-    }
     values = {
-        "toxicity": scores["query_response"].probabilities[:, toxic].numpy().astype(float),
-        "response_toxicity": scores["response"].probabilities[:, toxic].numpy().astype(float),
-        "reward": scores[config.reward_input].reward.numpy().astype(float),
+        "toxicity": scores["query_response"][0],
+        "response_toxicity": scores["response"][0],
+        "reward": scores[config.reward_input][1],
         **rouge_scores([e.summary for e in examples], responses),
         "length": lengths,
     }

@@ -2,10 +2,12 @@
 a uniquely named part, and a merge builds the one report from all the parts.
 
 A dialogue's measurements do not depend on where it was measured: it samples from its own
-random stream, seeded from its place in the sample (`evaluation.row_seed`), and rows of a batch
-never interact. So the merged measurements are, value for value, those of one host, and the
-report built from them (statistics, CSV, HTML, plots) is the one-host report. Parts are JSON:
-floats round-trip exactly.
+random stream, seeded from its place in the sample (`evaluation.row_seed`), rows of a batch never
+interact, and hosts split the sample at generation-batch boundaries, so every batch (generation
+and scoring) holds the same rows as on one host, down to the rounding of its matrix products
+(given the same instance type and threads). So the merged measurements are, value for value,
+those of one host, and the report built from them (statistics, CSV, HTML, plots) is the one-host
+report. Parts are JSON: floats round-trip exactly.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ PART_PREFIX = "part-"
 PART_VERSION = 1
 
 
-def block(n: int, index: int, count: int) -> list[int]:
-    """The positions host `index` of `count` measures: contiguous blocks, sizes differing by at most 1."""
-    return list(range(index * n // count, (index + 1) * n // count))
+def block(n: int, index: int, count: int, unit: int = 1) -> list[int]:
+    """The positions host `index` of `count` measures: contiguous blocks of whole `unit`s (the
+    generation batches), their numbers differing by at most 1. A batch is then the same rows in
+    the same order on any number of hosts, so even its rounding is the one-host run's."""
+    units = -(-n // unit)
+    first, last = index * units // count, (index + 1) * units // count
+    return list(range(first * unit, min(last * unit, n)))
 
 
 def part_name(host: str) -> str:

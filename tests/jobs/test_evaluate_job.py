@@ -249,26 +249,30 @@ def test_a_damaged_adapter_in_a_tarball_is_named_as_the_user_gave_it(
     assert "detox-evaluate-" not in failure  # the scratch folder it was unpacked into
 
 
-def test_two_shards_merged_give_the_one_host_report(tmp_path, tiny_models, sample_dataset, trained):
-    """Two processing hosts each measure half of the dialogues; `evaluate merge` builds the report,
-    and it is the one-host report, row for row and figure for figure."""
+@pytest.mark.parametrize(
+    "hosts, sizes", [(2, [6, 6]), (3, [0, 6, 6])], ids=["2 hosts", "3 hosts, one without a batch"]
+)
+def test_shards_merged_give_the_one_host_report(tmp_path, tiny_models, sample_dataset, trained, hosts, sizes):
+    """Processing hosts each measure whole generation batches of the dialogues (SETTINGS: 12 in
+    batches of 6); `evaluate merge` builds the report, and it is the one-host report, row for row
+    and figure for figure."""
     inputs = _inputs(tiny_models, sample_dataset, trained)
     single = write_processing_layout(tmp_path / "single", inputs)
     assert evaluate.main(["--ml-root", str(single), *SETTINGS]) == 0
 
     parts = tmp_path / "parts"
     parts.mkdir()
-    for host in ("algo-1", "algo-2"):
+    names = [f"algo-{i + 1}" for i in range(hosts)]
+    for host in names:
         root = write_processing_layout(tmp_path / host, inputs)
         (root / "config" / "resourceconfig.json").write_text(
-            json.dumps({"current_host": host, "hosts": ["algo-2", "algo-1"]})
+            json.dumps({"current_host": host, "hosts": names[::-1]})  # the job sorts them
         )
         assert evaluate.main(["--ml-root", str(root), *SETTINGS]) == 0
         written = sorted(p.name for p in (root / "processing" / "output" / "report").iterdir())
         assert written == [f"part-{host}.json"]  # a part, named for its host; no report yet
         shutil.copy(root / "processing" / "output" / "report" / written[0], parts)
-    sizes = [len(json.loads(p.read_text())["positions"]) for p in sorted(parts.iterdir())]
-    assert sizes == [6, 6]
+    assert [len(json.loads(p.read_text())["positions"]) for p in sorted(parts.iterdir())] == sizes
 
     merged = write_processing_layout(tmp_path / "merge", {"parts": parts})
     assert evaluate.main(["merge", "--ml-root", str(merged)]) == 0

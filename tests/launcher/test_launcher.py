@@ -923,7 +923,7 @@ def test_local_evaluation_on_two_hosts_merges_to_the_one_host_report(
         "--base-model", tiny_models.base_model, "--peft-checkpoint", tiny_models.peft_checkpoint,
         "--reward-model", tiny_models.reward_model, "--dataset", sample_dataset,
         "--detoxified", trained / "model", "--eval", "num_samples=9", "--eval", "max_new_tokens=12",
-        "--eval", "bootstrap_samples=200", "--eval", "num_threads=1",
+        "--eval", "bootstrap_samples=200", "--eval", "num_threads=1", "--eval", "generation_batch_size=4",
     ]  # fmt: skip
     code, out, err = launch("local", "evaluate", "--no-docker", "--work-dir", tmp_path / "one", *common)
     assert code == 0, err
