@@ -213,24 +213,38 @@ def test_a_payload_in_a_model_channel_never_runs_and_fails_the_job(train_layout,
 
 
 def test_a_restart_with_only_the_checkpoints_loses_nothing(train_layout):
-    """A spot replacement gets back checkpoints/ alone: the history comes from the checkpoint."""
-    root = train_layout(max_ppo_steps=2)
-    assert _run(root).returncode == 0
-    first_run = _metrics(root)
+    """Killed (SIGKILL, no chance to clean up) after a checkpointed step; then, as on a spot
+    replacement, only checkpoints/ comes back: the history comes from the checkpoint."""
+    root = train_layout(max_ppo_steps=6)
+    proc = subprocess.Popen(
+        [*TRAIN, "--ml-root", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while checkpoint_steps(root) < 2:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    killed_at = checkpoint.latest(root / "checkpoints").step
+    assert 2 <= killed_at < 6
+    before_kill = _metrics(root)[:killed_at]
     shutil.rmtree(root / "output")
     shutil.rmtree(root / "model")
-    hyperparameters = root / "input" / "config" / "hyperparameters.json"
-    hyperparameters.write_text(json.dumps({**json.loads(hyperparameters.read_text()), "max_ppo_steps": "4"}))
     resumed = _run(root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from checkpoint at step 2" in resumed.stdout
+    assert f"resumed from checkpoint at step {killed_at}" in resumed.stdout
     lines = _metrics(root)
-    assert [x["step"] for x in lines] == [1, 2, 3, 4]
-    assert lines[:2] == first_run
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    assert lines[:killed_at] == before_kill
     summary = json.loads((root / "output" / "data" / "training_summary.json").read_text())
-    assert summary["steps"] == 4
-    assert summary["reward_mean_first"] == first_run[0]["reward_mean"]
-    assert summary["final"]["step"] == 4
+    assert summary["steps"] == 6 and summary["final"]["step"] == 6
+    assert summary["reward_mean_first"] == before_kill[0]["reward_mean"]
+
+
+def checkpoint_steps(root) -> int:
+    """The newest checkpoint's step, 0 before the first (read from its folder name)."""
+    folders = sorted((root / "checkpoints").glob(f"{checkpoint.PREFIX}*"))
+    return int(folders[-1].name.removeprefix(checkpoint.PREFIX)) if folders else 0
 
 
 def test_a_torn_metrics_line_and_a_damaged_checkpoint_are_skipped_with_warnings(train_layout):
