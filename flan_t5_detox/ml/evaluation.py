@@ -138,7 +138,7 @@ def generate_responses(
     size = config.generation_batch_size
     for start in tqdm(range(0, len(query_ids), size), desc="generate", unit="batch", file=sys.stderr):
         chunk = query_ids[start : start + size]
-        seeds = [row_seed(config.seed, p) for p in positions[start : start + size]]
+        seeds = [generation.stream_seed(config.seed, p) for p in positions[start : start + size]]
         responses += generation.generate(
             model, tokenizer, chunk, [config.max_new_tokens] * len(chunk), settings, row_seeds=seeds
         )
@@ -146,11 +146,6 @@ def generate_responses(
     # Response tokens without the decoder start token and the closing EOS.
     lengths = np.array([int((r[1:] != tokenizer.eos_token_id).sum()) for r in responses], dtype=float)
     return texts, lengths
-
-
-def row_seed(seed: int, position: int) -> int:
-    """The random stream of the dialogue at `position` of the sample."""
-    return seed * 1_000_003 + position
 
 
 def rouge_scores(references: list[str], responses: list[str]) -> dict[str, np.ndarray]:

@@ -183,6 +183,14 @@ def generate(
     return responses
 
 
+def stream_seed(seed: int, *keys: int) -> int:
+    """The seed of one response's random stream, from the run's seed and what identifies the
+    response (a dialogue's place in the sample; a PPO step and a row of its global batch)."""
+    for key in keys:
+        seed = (seed * 1_000_003 + key) % 2**63
+    return seed
+
+
 def _streams(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed) for seed in seeds]
 

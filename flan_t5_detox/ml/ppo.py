@@ -22,7 +22,15 @@ from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.fast.logprobs import chosen_logprobs
 from flan_t5_detox.ml import checkpoint
 from flan_t5_detox.ml.data import BatchOrder, Example
-from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, decode, encode, generate, pad_states
+from flan_t5_detox.ml.generation import (
+    LengthSampler,
+    SamplingSettings,
+    decode,
+    encode,
+    generate,
+    pad_states,
+    stream_seed,
+)
 from flan_t5_detox.ml.rewards import RewardFn
 
 
@@ -261,8 +269,11 @@ class DetoxTrainer:
         batch_size = self.config.generation_batch_size
         encoded = encode(self.policy, self.tokenizer, queries, batch_size)
         budgets = self.lengths.sample(len(queries))
+        # Row i of step n samples from its own stream: a response does not depend on how the
+        # batch is split into generation batches (or, later, across processes).
+        seeds = [stream_seed(self.config.seed, self.step, row) for row in range(len(queries))]
         responses = generate(
-            self.policy, self.tokenizer, queries, budgets, self.sampling, batch_size, encoded
+            self.policy, self.tokenizer, queries, budgets, self.sampling, batch_size, encoded, seeds
         )
         t1 = time.perf_counter()
         response_texts = decode(self.tokenizer, responses)

@@ -2,7 +2,7 @@
 a uniquely named part, and a merge builds the one report from all the parts.
 
 A dialogue's measurements do not depend on where it was measured: it samples from its own
-random stream, seeded from its place in the sample (`evaluation.row_seed`), rows of a batch never
+random stream, seeded from its place in the sample (`generation.stream_seed`), rows of a batch never
 interact, and hosts split the sample at generation-batch boundaries, so every batch (generation
 and scoring) holds the same rows as on one host, down to the rounding of its matrix products
 (given the same instance type and threads). So the merged measurements are, value for value,

@@ -1,6 +1,13 @@
 import torch
 
-from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, draw_tokens, encode, generate
+from flan_t5_detox.ml.generation import (
+    LengthSampler,
+    SamplingSettings,
+    draw_tokens,
+    encode,
+    generate,
+    stream_seed,
+)
 from tests.helpers import eight_responses, tiny_config, tiny_trainer
 
 
@@ -71,3 +78,24 @@ def test_encoder_states_computed_once_give_the_same_responses(tiny_models):
             trainer.policy, trainer.tokenizer, queries, budgets, SamplingSettings(), batch_size, states
         )
         assert all(torch.equal(a, b) for a, b in zip(own, given))
+
+
+def test_with_row_seeds_a_response_depends_on_nothing_else_in_its_batch(tiny_models):
+    """Own random streams: the same responses in one batch, in batches of 3, or alone, and
+    whatever the global stream holds; without them the split changes what is drawn."""
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    queries, budgets = trainer.query_ids[:6], [30, 4, 30, 7, 30, 5]
+    seeds = [stream_seed(42, 1, row) for row in range(6)]
+
+    def sample(batch_size, rows=range(6), global_seed=0):
+        torch.manual_seed(global_seed)
+        return generate(
+            trainer.policy, trainer.tokenizer, [queries[i] for i in rows], [budgets[i] for i in rows],
+            SamplingSettings(), batch_size, row_seeds=[seeds[i] for i in rows],
+        )  # fmt: skip
+
+    whole = sample(0)
+    assert all(torch.equal(a, b) for a, b in zip(whole, sample(3, global_seed=7)))
+    assert torch.equal(sample(0, rows=[4])[0], whole[4])
+    assert len({tuple(r.tolist()) for r in whole}) > 1  # the streams differ from row to row
+    assert stream_seed(42, 1, 2) != stream_seed(42, 2, 1)
