@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import random
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from flan_t5_detox.contract.failure import JobInputError
-from flan_t5_detox.ml.loading import REFUSED
+from flan_t5_detox.ml.loading import DamagedFile, UnsafeFile, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +152,16 @@ def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
 
 def read(folder: Path) -> Snapshot:
     """One checkpoint folder; raises `UnusableCheckpoint` with the reason."""
+    if not (folder / STATE_FILE).is_file():
+        raise UnusableCheckpoint(f"it has no {STATE_FILE}")
     try:
-        saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if REFUSED not in str(exc):
-            raise UnusableCheckpoint("it is damaged (not a torch file)") from exc
+        saved = load_tensors(folder / STATE_FILE)
+    except UnsafeFile as exc:
         raise UnusableCheckpoint(
             "it holds objects other than tensors (not loaded: they could run code)"
         ) from exc
-    except FileNotFoundError as exc:
-        raise UnusableCheckpoint(f"it has no {STATE_FILE}") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated or overwritten
-        raise UnusableCheckpoint(f"it is damaged ({type(exc).__name__})") from exc
+    except DamagedFile as exc:
+        raise UnusableCheckpoint(f"it is damaged ({exc})") from exc
     try:
         state = _unpack(json.loads(saved["meta"]), saved["tensors"])
         state.pop("position", None)  # written by earlier versions; always equal to step

@@ -63,6 +63,27 @@ def read_weights(folder: Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
+class UnsafeFile(Exception):
+    """`torch.load(weights_only=True)` refused an object other than tensors: it was not loaded."""
+
+
+class DamagedFile(Exception):
+    """Not a readable torch file: truncated, overwritten, or something else entirely."""
+
+
+def load_tensors(path: Path) -> object:
+    """`torch.load` that never runs code from the file (the one rule weights, adapters and
+    checkpoints are read by); raises `UnsafeFile` or `DamagedFile` (with the cause chained)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if REFUSED in str(exc):
+            raise UnsafeFile() from exc
+        raise DamagedFile("not a torch file") from exc  # bytes that are not a pickle at all
+    except Exception as exc:  # noqa: BLE001 - truncated, random bytes, a wrong format
+        raise DamagedFile(type(exc).__name__) from exc
+
+
 def read_weight_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise JobInputError(f"the {what}'s weights index names {path.name}, missing from {path.parent}")
@@ -70,30 +91,27 @@ def read_weight_file(path: Path, what: str) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            try:
+                state = load_file(str(path))
+            except Exception as exc:  # noqa: BLE001 - truncated or not safetensors
+                raise DamagedFile(type(exc).__name__) from exc
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if REFUSED not in str(exc):  # bytes that are not a pickle at all
-            raise _damaged(what, path, exc) from exc
+            state = load_tensors(path)
+    except UnsafeFile as exc:
         # torch's own text suggests turning the safe loading off; never pass that on.
         raise JobInputError(
             f"the {what}'s weights file {path} holds objects other than tensors, so it was not loaded "
             "(unpickling them could run code from the file). Save the model with "
             "save_pretrained(..., safe_serialization=True), or its state dict of tensors alone"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - truncated, random bytes, a wrong format
-        raise _damaged(what, path, exc) from exc
+    except DamagedFile as exc:
+        raise JobInputError(
+            f"the {what}'s weights file {path} is damaged or not a weights file ({exc}); "
+            "replace it with a complete copy"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise JobInputError(f"the {what}'s weights file {path} is not a state dict (names to tensors)")
     return state
-
-
-def _damaged(what: str, path: Path, exc: Exception) -> JobInputError:
-    return JobInputError(
-        f"the {what}'s weights file {path} is damaged or not a weights file ({type(exc).__name__}); "
-        "replace it with a complete copy"
-    )
 
 
 def model_folder(path_or_name: str | Path, what: str) -> Path:
