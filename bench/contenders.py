@@ -50,6 +50,7 @@ class Workload:
     eval_new_tokens: int
     seed: int = 0
     notebook_dtype: str = "bfloat16"
+    mini_batch_size: int = 4  # ours: PPO's mini-batch (the notebook's 4)
 
 
 # Where a worker keeps the phases it has finished, for a run the parent stops (--worker-timeout).
@@ -312,6 +313,7 @@ def ours_ppo(w: Workload) -> dict:
     # min_length above every budget: EOS is never sampled, each row stops at its budget.
     config = TrainConfig(
         batch_size=len(w.train_prompts),
+        mini_batch_size=w.mini_batch_size,
         output_min_length=min(w.budgets),
         output_max_length=max(w.budgets) + 1,
         min_length=max(w.budgets) + 1,
@@ -324,13 +326,13 @@ def ours_ppo(w: Workload) -> dict:
     trainer.lengths, trainer.order = _FixedLengths(w.budgets), _InOrder(len(prompts))
     instrument_trl(trainer.trl, m)
     sent = {}
-    trl_step = trainer.trl.step
+    ppo_step = trainer.trl.ppo_step
 
-    def step(queries, responses, scores):
+    def step(queries, responses, scores, epochs):
         sent["responses"] = responses  # what PPO trains on, for the token counts
-        return trl_step(queries, responses, scores)
+        return ppo_step(queries, responses, scores, epochs)
 
-    trainer.trl.step = step
+    trainer.trl.ppo_step = step
     _warm_up(policy, trainer.query_ids[0])
 
     torch.manual_seed(w.seed)

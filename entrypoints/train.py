@@ -1,8 +1,13 @@
 """`train` (detox-train): the SageMaker training job, as a recipe.
 
-setup  settings and inputs (before any model loads), runtime, models, the PPO trainer
+setup  settings and inputs (before any model loads), runtime, the process group, models, the
+       PPO trainer
 run    PPO steps with checkpoints, resuming from the newest one; SIGTERM checkpoints and exits
 save   model/ (one PEFT adapter for the plain base model) and output/data/training_summary.json
+
+On several hosts (resourceconfig.json) each host runs one rank, or `processes_per_host` ranks
+started with torch.multiprocessing; they meet at the static rendezvous of `contract.cluster`
+and train data-parallel. Rank 0 alone writes model/, output/data/ and the checkpoints.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from flan_t5_detox.contract.cluster import rendezvous
 from flan_t5_detox.contract.environment import TrainingJobEnvironment
 from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
 from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
@@ -39,24 +46,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train(env: TrainingJobEnvironment, scratch: Path) -> int:
+def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> int:
     config = parse_settings(TrainConfig, env.hyperparameters)  # fails before any model loads
+    meeting = rendezvous(env, config.processes_per_host, os.environ)
 
     # Heavy imports only once the settings are known to be good.
     from flan_t5_detox.contract.inputs import training_inputs
     from flan_t5_detox.contract.metrics import MetricsLog
     from flan_t5_detox.contract.outputs import check_writable, publish
-    from flan_t5_detox.ml import adapters, data, runtime
+    from flan_t5_detox.ml import adapters, data, distributed, runtime
     from flan_t5_detox.ml.loading import load_tokenizer
     from flan_t5_detox.ml.policy import build_policy
     from flan_t5_detox.ml.ppo import DetoxTrainer
     from flan_t5_detox.ml.rewards import RewardModel
     from flan_t5_detox.ml.training import TrainingRun
 
-    if len(env.hosts) > 1:
+    if config.batch_size % meeting.world_size or config.mini_batch_size % meeting.world_size:
         raise JobInputError(
-            f"the train job runs on one instance, got hosts {env.hosts}: data-parallel PPO across "
-            "instances is not built yet, and each host would train the same model. Set InstanceCount to 1"
+            f"batch_size ({config.batch_size}) and mini_batch_size ({config.mini_batch_size}) are "
+            f"global, split over {meeting.world_size} processes ({meeting.nodes} hosts x "
+            f"{meeting.processes_per_host}): make both multiples of {meeting.world_size}"
         )
     # Setup: outputs, inputs and data first, so bad input fails before the models load.
     check_writable(env.model_dir, "the model folder")
@@ -64,8 +73,16 @@ def train(env: TrainingJobEnvironment, scratch: Path) -> int:
     check_writable(env.checkpoint_dir, "the checkpoint folder")
     inputs = training_inputs(env, config, scratch)
     prompts = data.training_prompts(inputs.dataset, config)
-    machine = runtime.setup(config.dtype, config.num_threads)
-    log.info("dtype=%s threads=%d train_prompts=%d", machine.dtype_name, machine.threads, len(prompts))
+    machine = runtime.setup(config.dtype, config.num_threads, config.processes_per_host)
+    world = distributed.join(meeting, local_rank, config.collective_timeout)
+    log.info(
+        "rank %d/%d dtype=%s threads=%d train_prompts=%d",
+        world.rank,
+        world.size,
+        machine.dtype_name,
+        machine.threads,
+        len(prompts),
+    )
     tokenizer = load_tokenizer(inputs.base_model)
     summarization = adapters.read_lora_config(inputs.peft_checkpoint)
     policy = build_policy(
@@ -76,7 +93,7 @@ def train(env: TrainingJobEnvironment, scratch: Path) -> int:
     reward_model = RewardModel(
         inputs.reward_model, config.reward_label, config.reward_input, batch_size=config.batch_size
     )
-    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_model.rewards)
+    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_model.rewards, world)
 
     # Run. Adapters kept along the way live beside the checkpoints, so a restarted job has them.
     started = time.time()
@@ -91,8 +108,11 @@ def train(env: TrainingJobEnvironment, scratch: Path) -> int:
     run = TrainingRun(trainer, env.checkpoint_dir, metrics, config.checkpoint_every, keep_adapter)
     run.resume()
     outcome = run.run(config.max_ppo_steps)
+    distributed.leave(world)
     if outcome.preempted:
         return EXIT_PREEMPTED
+    if not world.is_main:
+        return 0
 
     # Save: model/ appears whole or not at all.
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=env.model_dir.parent))
@@ -112,6 +132,7 @@ def train(env: TrainingJobEnvironment, scratch: Path) -> int:
         "reward_mean_first": history[0]["reward_mean"] if history else None,
         "reward_mean_last": history[-1]["reward_mean"] if history else None,
         "settings": dataclasses.asdict(config),
+        "world_size": world.size,
         "adapter": dataclasses.asdict(info),
         **machine.describe(),
         "kl_reference": "starting summarizer (summarization adapter merged; fresh LoRA trained on top)",
@@ -122,17 +143,59 @@ def train(env: TrainingJobEnvironment, scratch: Path) -> int:
     return 0
 
 
+def run_rank(ml_root: Path, local_rank: int = 0) -> int:
+    """One rank's job, with its own scratch folder (a downloaded adapter; gone at exit)."""
+    env = TrainingJobEnvironment.from_root(ml_root)
+    scratch = Path(tempfile.mkdtemp(prefix="detox-train-"))
+    try:
+        return train(env, scratch, local_rank)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _spawned_rank(local_rank: int, ml_root: Path) -> None:
+    """A process of `processes_per_host` > 1: its exit code is its job's."""
+    setup_logging()
+    code = run_job(lambda: run_rank(ml_root, local_rank), [MlPaths(ml_root).failure])
+    if code:
+        sys.exit(code)
+
+
+def spawn_ranks(ml_root: Path, processes: int) -> int:
+    """This host's ranks as torch.multiprocessing processes (torchrun of torch 1.13 fails on
+    Python 3.11). SIGTERM is passed on to each, so each checkpoints or exits as it would alone."""
+    import signal
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_spawned_rank, (ml_root,), processes, join=False, start_method="spawn")
+
+    def forward(signum, _frame):
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as exc:
+        return exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
 
     def body() -> int:
         env = TrainingJobEnvironment.from_root(args.ml_root)
-        scratch = Path(tempfile.mkdtemp(prefix="detox-train-"))  # a downloaded adapter; gone at exit
-        try:
-            return train(env, scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        processes = parse_settings(TrainConfig, env.hyperparameters).processes_per_host
+        if processes > 1:
+            return spawn_ranks(args.ml_root, processes)
+        return run_rank(args.ml_root)
 
     return run_job(body, [MlPaths(args.ml_root).failure])
 

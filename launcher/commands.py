@@ -188,6 +188,8 @@ def local(options: Options, kind: str, dry_run: bool, out) -> int:
                 "--dry-run shows one job; an evaluation on several instances is one per host and a merge"
             )
         return _local_sharded(options, job, root, client, out)
+    if kind == "train" and job.resources.instance_count > 1:
+        return _local_hosts(options, job, root, client, dry_run, out)
     prepare = local_backend.prepare_training if kind == "train" else local_backend.prepare_processing
     run = prepare(job, root, client)
     print(f"{job.name}: /opt/ml layout at {run.root}", file=out)
@@ -213,6 +215,31 @@ def _run_local(run: local_backend.LocalRun, job, options: Options, client, out) 
     print(f"{job.name}: Completed in {elapsed:.0f} s", file=out)
     for name, path in run.outputs.items():
         print(f"  {name}: {path}", file=out)
+
+
+def _local_hosts(options: Options, job: jobs.TrainJob, root: Path, client, dry_run: bool, out) -> int:
+    """A training job on N instances, here: N plain processes at once, each host with its own
+    /opt/ml (root/<host>); rank 0's (algo-1's) model/ and output/ are the job's."""
+    if options.docker:
+        raise LaunchError(
+            "a local train job on several instances runs its hosts as plain processes: add --no-docker "
+            "(or use SageMaker's local mode, which puts the containers on one network)"
+        )
+    if dry_run:
+        raise LaunchError("--dry-run shows one job; a train job on several instances is one process per host")
+    hosts = [f"algo-{i + 1}" for i in range(job.resources.instance_count)]
+    runs = [local_backend.prepare_training(job, root / host, client, host) for host in hosts]
+    print(f"{job.name}: {len(hosts)} hosts, /opt/ml layouts under {root}", file=out)
+    started = time.monotonic()
+    code = local_backend.execute_hosts(runs, job.environment, client)
+    elapsed = time.monotonic() - started
+    if code != 0:
+        reason = next((run.failure for run in runs if run.failure), f"exit code {code}")
+        raise LaunchError(f"{job.name} failed after {elapsed:.0f} s: {reason}", EXIT_FAILED)
+    print(f"{job.name}: Completed in {elapsed:.0f} s", file=out)
+    for name, path in runs[0].outputs.items():
+        print(f"  {name}: {path}", file=out)
+    return 0
 
 
 def _local_sharded(options: Options, job: jobs.EvalJob, root: Path, client, out) -> int:

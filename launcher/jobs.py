@@ -145,12 +145,6 @@ def train_job(options: Options, cloud: bool = True, name: str | None = None) -> 
     hyperparameters = encode_hyperparameters(options.hyperparameters)
     if options.spot and not cloud:
         raise LaunchError("--spot applies to SageMaker jobs only")
-    if options.instance_count > 1:
-        raise LaunchError(
-            "the train job runs on one instance: data-parallel PPO across instances is not built yet, and "
-            f"{options.instance_count} instances would each train the same model. Use --instance-count "
-            "with `evaluate --wait`, which shards the evaluation"
-        )
     max_wait = (options.max_wait or 2 * options.max_run) if options.spot else None
     if max_wait is not None and max_wait < options.max_run:
         raise LaunchError("--max-wait must be >= --max-run (it includes the run time)")

@@ -10,6 +10,7 @@ whole environment (a stray DETOX_* variable must not change a local run but not 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -72,11 +73,19 @@ def _place(run: LocalRun, source: str, target: Path, s3_client) -> None:
         run.mounts[f"{container}/{path.name}"] = path
 
 
-def prepare_training(job: TrainJob, root: Path, s3_client=None) -> LocalRun:
+def prepare_training(job: TrainJob, root: Path, s3_client=None, host: str = layout.HOST) -> LocalRun:
+    """The layout of one host of `job` (`host` of `job.resources.instance_count`)."""
     paths = MlPaths(Path(root).resolve())
     run = LocalRun("train", job.name, paths, ["train"], checkpoint_s3_uri=job.checkpoint_s3_uri)
+    hosts = [f"algo-{i + 1}" for i in range(job.resources.instance_count)]
     layout.write_training_config(
-        paths, job.hyperparameters, job.channels, job.resources.instance_type, job.checkpoint_s3_uri
+        paths,
+        job.hyperparameters,
+        job.channels,
+        job.resources.instance_type,
+        job.checkpoint_s3_uri,
+        hosts,
+        host,
     )
     for name, source in job.channels.items():
         _place(run, source, paths.channel(name), s3_client)
@@ -149,6 +158,33 @@ def link_mounts(run: LocalRun) -> None:
         if link.is_dir() and not link.is_symlink() and not any(link.iterdir()):
             link.rmdir()  # an empty mount point left by an earlier docker run
         layout.place(source, link if source.is_dir() else link.parent, "link")
+
+
+def execute_hosts(runs: list[LocalRun], environment: dict[str, str], s3_client=None) -> int:
+    """The hosts of one multi-instance training job as plain processes here, all at once: their
+    host names do not resolve, so they meet at rank 0's rendezvous on loopback. Returns the
+    first failing host's exit code, else 0. Rank 0 (the first run) holds the checkpoints."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    for run in runs:
+        link_mounts(run)
+        env = process_environment({**environment, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        processes.append(subprocess.Popen(process_command(run), env=env))
+    try:
+        codes = [process.wait() for process in processes]
+    except KeyboardInterrupt:  # stop like SageMaker does: SIGTERM to every host
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait()
+        raise
+    finally:
+        first = runs[0]
+        if first.checkpoint_s3_uri and any(first.paths.checkpoints.iterdir()):
+            s3.upload(first.paths.checkpoints, first.checkpoint_s3_uri, s3_client)
+    return next((code for code in codes if code), 0)
 
 
 def execute(

@@ -49,10 +49,11 @@ def sample_dataset() -> Path:
 
 @pytest.fixture
 def train_layout(tmp_path, tiny_models, sample_dataset):
-    """An /opt/ml stand-in for a small, fast training job; returns a function taking hyperparameters."""
+    """An /opt/ml stand-in for a small, fast training job; returns a function taking hyperparameters
+    (and, for one host of several, `hosts` and `current_host`)."""
     from flan_t5_detox.contract.layout import write_training_layout
 
-    def make(name: str = "ml", **hyperparameters):
+    def make(name: str = "ml", hosts=("algo-1",), current_host="algo-1", **hyperparameters):
         settings = {
             "max_ppo_steps": 3,
             "batch_size": 8,
@@ -69,6 +70,8 @@ def train_layout(tmp_path, tiny_models, sample_dataset):
             "reward_model": tiny_models.reward_model,
             "dataset": sample_dataset,
         }
-        return write_training_layout(tmp_path / name, channels, settings)
+        return write_training_layout(
+            tmp_path / name, channels, settings, hosts=hosts, current_host=current_host
+        )
 
     return make

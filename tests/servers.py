@@ -86,7 +86,20 @@ class Server:
         _stop(self.process)
 
 
-def start_seaweed(workdir: Path) -> Server:
+def start_seaweed(workdir: Path, attempts: int = 3) -> Server:
+    """`weed mini` with one S3 identity, started afresh (new ports, new data folder) when a start
+    fails: free ports are only free when chosen, and another process may take one before weed
+    binds it. The last failure is raised with the server's log."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_seaweed_once(workdir / f"start-{attempt}")
+        except RuntimeError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_seaweed_once(workdir: Path) -> Server:
     """`weed mini` with one S3 identity; every port chosen free so parallel runs never collide."""
     workdir.mkdir(parents=True, exist_ok=True)
     identities = {
@@ -131,14 +144,14 @@ def start_seaweed(workdir: Path) -> Server:
     server = Server(f"http://127.0.0.1:{s3_port}", process, log)
     try:
         _wait_http(server.url, process, log)
-        _wait_s3_writable(server.url)
+        _wait_s3_writable(server.url, process, log)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _wait_s3_writable(url: str, timeout: float = 60) -> None:
+def _wait_s3_writable(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     """The S3 port answers before the volume server takes writes: wait for a real put."""
     client = s3_test_client(url)
     deadline = time.monotonic() + timeout
@@ -148,9 +161,10 @@ def _wait_s3_writable(url: str, timeout: float = 60) -> None:
                 client.create_bucket(Bucket="detox-probe")
             client.put_object(Bucket="detox-probe", Key="probe", Body=b"ok")
             return
-        except Exception:  # noqa: BLE001 - retried until the deadline
-            if time.monotonic() > deadline:
-                raise
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            if process.poll() is not None or time.monotonic() > deadline:
+                state = "exited" if process.poll() is not None else f"took no write in {timeout} s"
+                raise RuntimeError(f"{url} {state} ({exc}):\n{log.read_text()[-3000:]}") from exc
             time.sleep(0.2)
 
 

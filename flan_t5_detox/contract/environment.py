@@ -57,8 +57,14 @@ class TrainingJobEnvironment:
     output_data_dir: Path
     failure_file: Path
     current_host: str = "algo-1"
-    hosts: list[str] = field(default_factory=lambda: ["algo-1"])
+    hosts: list[str] = field(default_factory=lambda: ["algo-1"])  # sorted, as SageMaker lists them
+    network_interface_name: str = ""  # the interface the hosts reach each other on
     num_cpus: int = 1
+
+    @property
+    def host_index(self) -> int:
+        """This host's place in `hosts`: its node rank in data-parallel training."""
+        return _host_index(self.current_host, self.hosts)
 
     @classmethod
     def from_root(cls, root: Path | str = ML_ROOT, env: dict[str, str] | None = None):
@@ -101,7 +107,8 @@ class TrainingJobEnvironment:
             output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", paths.output_data_dir)),
             failure_file=paths.failure,
             current_host=str(resource_config.get("current_host", env.get("SM_CURRENT_HOST", "algo-1"))),
-            hosts=list(resource_config.get("hosts", ["algo-1"])),
+            hosts=sorted(resource_config.get("hosts", ["algo-1"])),
+            network_interface_name=str(resource_config.get("network_interface_name", "")),
             num_cpus=int(env.get("SM_NUM_CPUS", os.cpu_count() or 1)),
         )
 
@@ -127,11 +134,7 @@ class ProcessingJobEnvironment:
     @property
     def host_index(self) -> int:
         """This host's place in `hosts`: which shard of the work it does."""
-        if self.current_host not in self.hosts:
-            raise JobInputError(
-                f"resourceconfig.json: current_host {self.current_host!r} is not in hosts {self.hosts}"
-            )
-        return self.hosts.index(self.current_host)
+        return _host_index(self.current_host, self.hosts)
 
     @classmethod
     def from_root(cls, root: Path | str = ML_ROOT):
@@ -174,6 +177,12 @@ class ProcessingJobEnvironment:
 
     def output(self, name: str) -> Path:
         return self.outputs.get(name, MlPaths(self.root).processing_output(name))
+
+
+def _host_index(current_host: str, hosts: list[str]) -> int:
+    if current_host not in hosts:
+        raise JobInputError(f"resourceconfig.json: current_host {current_host!r} is not in hosts {hosts}")
+    return hosts.index(current_host)
 
 
 def _given(path: Path | None, what: str) -> Path | None:

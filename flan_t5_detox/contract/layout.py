@@ -77,8 +77,11 @@ def write_training_config(
     channels: Iterable[str],
     instance_type: str = "local",
     checkpoint_s3_uri: str = "",
+    hosts: Iterable[str] = (HOST,),
+    current_host: str = HOST,
 ) -> None:
-    """The four config files of a training job, and its empty output folders.
+    """The four config files of a training job (of `current_host`, one of `hosts`), and its
+    empty output folders.
 
     `hyperparameters` is the string-to-string map as sent (see `encode_hyperparameters`)."""
     _write_json(paths.hyperparameters, hyperparameters)
@@ -91,7 +94,7 @@ def write_training_config(
         for name in channels
     }
     _write_json(paths.input_data_config, input_config)
-    _write_json(paths.resource_config, training_resource_config(instance_type))
+    _write_json(paths.resource_config, training_resource_config(instance_type, hosts, current_host))
     checkpoint = {"LocalPath": str(CONTAINER.checkpoints)}
     if checkpoint_s3_uri:
         checkpoint["S3Uri"] = checkpoint_s3_uri
@@ -180,10 +183,15 @@ def write_training_layout(
     hyperparameters: dict[str, object],
     instance_type: str = "local",
     how: str = "copy",
+    hosts: Iterable[str] = (HOST,),
+    current_host: str = HOST,
 ) -> Path:
-    """A complete training-job folder with each channel's local source placed in it."""
+    """A complete training-job folder (of `current_host`, one of `hosts`) with each channel's
+    local source placed in it."""
     paths = MlPaths(Path(root))
-    write_training_config(paths, encode_hyperparameters(hyperparameters), channels, instance_type)
+    write_training_config(
+        paths, encode_hyperparameters(hyperparameters), channels, instance_type, "", hosts, current_host
+    )
     for name, source in channels.items():
         place(Path(source), paths.channel(name), how)
     return paths.root

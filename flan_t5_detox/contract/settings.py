@@ -72,6 +72,10 @@ class TrainConfig:
     save_adapter_every: int = 0  # keep the adapter every n PPO steps in model/steps/<n>/; 0 = never
     max_kl: float = 100.0  # abort (with a report of the last good step) when mean KL exceeds this
 
+    # Data parallel (one process per host unless told otherwise; see contract/cluster.py).
+    processes_per_host: int = 1
+    collective_timeout: float = 600.0  # seconds a rank waits for its peers before the job fails
+
 
 @dataclass
 class EvalConfig:
@@ -205,6 +209,8 @@ def validate(settings) -> None:
             problems.append("init_kl_coef must be >= 0 and max_kl > 0")
         if s.checkpoint_every < 0 or s.generation_batch_size < 0 or s.save_adapter_every < 0:
             problems.append("checkpoint_every, save_adapter_every and generation_batch_size must be >= 0")
+        if s.processes_per_host < 1 or s.collective_timeout <= 0:
+            problems.append("processes_per_host must be >= 1 and collective_timeout > 0")
         if s.peft_checkpoint_s3_uri and not s.peft_checkpoint_s3_uri.startswith("s3://"):
             problems.append(f"peft_checkpoint_s3_uri must start with s3://, got {s.peft_checkpoint_s3_uri!r}")
     if isinstance(settings, EvalConfig):

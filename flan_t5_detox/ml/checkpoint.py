@@ -14,6 +14,7 @@ instead of silently training again from step 0: the user decides whether to dele
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -137,10 +138,9 @@ def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{snapshot.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    tensors: dict[str, torch.Tensor] = {}
-    meta = json.dumps(_pack(snapshot.to_dict(), tensors))
-    torch.save({"meta": meta, "tensors": tensors}, tmp / STATE_FILE)
-    with open(tmp / STATE_FILE, "rb") as handle:
+    with open(tmp / STATE_FILE, "wb") as handle:
+        handle.write(to_bytes(snapshot))
+        handle.flush()
         os.fsync(handle.fileno())
     if final.exists():
         shutil.rmtree(final)
@@ -150,12 +150,31 @@ def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
     return final
 
 
+def to_bytes(snapshot: Snapshot) -> bytes:
+    """A snapshot as the bytes of its `state.pt` (also how rank 0 hands one to the other ranks)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = json.dumps(_pack(snapshot.to_dict(), tensors))
+    buffer = io.BytesIO()
+    torch.save({"meta": meta, "tensors": tensors}, buffer)
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes) -> Snapshot:
+    """The inverse of `to_bytes`, loaded without unpickling anything but tensors; raises
+    `UnusableCheckpoint` with the reason."""
+    return _decode(io.BytesIO(data))
+
+
 def read(folder: Path) -> Snapshot:
     """One checkpoint folder; raises `UnusableCheckpoint` with the reason."""
     if not (folder / STATE_FILE).is_file():
         raise UnusableCheckpoint(f"it has no {STATE_FILE}")
+    return _decode(folder / STATE_FILE)
+
+
+def _decode(source) -> Snapshot:
     try:
-        saved = load_tensors(folder / STATE_FILE)
+        saved = load_tensors(source)
     except UnsafeFile as exc:
         raise UnusableCheckpoint(
             "it holds objects other than tensors (not loaded: they could run code)"

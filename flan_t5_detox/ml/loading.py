@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -71,11 +72,11 @@ class DamagedFile(Exception):
     """Not a readable torch file: truncated, overwritten, or something else entirely."""
 
 
-def load_tensors(path: Path) -> object:
-    """`torch.load` that never runs code from the file (the one rule weights, adapters and
-    checkpoints are read by); raises `UnsafeFile` or `DamagedFile` (with the cause chained)."""
+def load_tensors(source: Path | BinaryIO) -> object:
+    """`torch.load` that never runs code from the file or stream (the one rule weights, adapters
+    and checkpoints are read by); raises `UnsafeFile` or `DamagedFile` (with the cause chained)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if REFUSED in str(exc):
             raise UnsafeFile() from exc

@@ -12,16 +12,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 from trl import PPOConfig, PPOTrainer
-from trl.core import masked_mean
+from trl.core import clip_by_value, entropy_from_logits
 
 from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.fast.logprobs import chosen_logprobs
 from flan_t5_detox.ml import checkpoint
 from flan_t5_detox.ml.data import BatchOrder, Example
+from flan_t5_detox.ml.distributed import World
 from flan_t5_detox.ml.generation import (
     LengthSampler,
     SamplingSettings,
@@ -31,6 +31,7 @@ from flan_t5_detox.ml.generation import (
     pad_states,
     stream_seed,
 )
+from flan_t5_detox.ml.minibatches import StepPlan
 from flan_t5_detox.ml.rewards import RewardFn
 
 
@@ -38,11 +39,12 @@ class TrainingDiverged(RuntimeError):
     """Non-finite rewards or a KL beyond `max_kl`: stop with the last good step on disk."""
 
 
-def ppo_config(config: TrainConfig) -> PPOConfig:
+def ppo_config(config: TrainConfig, world: World = World()) -> PPOConfig:
+    """trl's settings for one process: its batch and mini-batch are its shares of the global ones."""
     return PPOConfig(
         learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        mini_batch_size=config.mini_batch_size,
+        batch_size=config.batch_size // world.size,
+        mini_batch_size=config.mini_batch_size // world.size,
         ppo_epochs=config.ppo_epochs,
         init_kl_coef=config.init_kl_coef,
         adap_kl_ctrl=config.adap_kl_ctrl,
@@ -65,7 +67,8 @@ GROUP_PADDING = 0.1
 
 
 class TrimmedPPOTrainer(PPOTrainer):
-    """trl's PPOTrainer, with its forward passes done without padding or full-vocabulary copies.
+    """trl's PPOTrainer, with its forward passes done without padding or full-vocabulary copies,
+    and its step run data-parallel on global statistics (`ppo_step`, `loss`).
 
     Same outputs as trl's `batched_forward_pass` (log-probs, values, masks, with trl's
     encoder-decoder masking: the first response token and the last position are masked), but:
@@ -85,6 +88,7 @@ class TrimmedPPOTrainer(PPOTrainer):
     """
 
     _rollout: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # queries, encoder states
+    world: World = World()
     group_padding: float = GROUP_PADDING  # a group's padding at most, as a share of its real tokens
 
     @contextmanager
@@ -141,17 +145,143 @@ class TrimmedPPOTrainer(PPOTrainer):
         return logprobs, entropy, values, masks
 
     def loss(self, old_logprobs, values, rewards, logits, vpreds, logprobs, mask):
-        if logits.dim() == 3:  # trl's own forward pass ran: real logits
-            return super().loss(old_logprobs, values, rewards, logits, vpreds, logprobs, mask)
-        entropy = logits
-        # trl's loss, handed a one-wide stand-in for the logits (its entropy is 0, and costs
-        # nothing); the entropy statistic is then the one computed with the log-probs.
-        stand_in = entropy.detach().new_zeros(*entropy.shape, 1)
-        policy_loss, value_loss, stats = super().loss(
-            old_logprobs, values, rewards, stand_in, vpreds, logprobs, mask
+        # In the slot of the logits, our forward passes hand over the per-token entropy.
+        entropy = entropy_from_logits(logits) if logits.dim() == 3 else logits
+        return ppo_loss(
+            self.config, self.world, old_logprobs, values, rewards, entropy, vpreds, logprobs, mask
         )
-        stats["policy/entropy"] = masked_mean(entropy, mask)
-        return policy_loss, value_loss, stats
+
+    def ppo_step(
+        self,
+        queries: list[torch.Tensor],
+        responses: list[torch.Tensor],
+        scores: torch.Tensor,
+        epochs: list[list[list[int]]],
+    ) -> dict[str, float]:
+        """trl's PPO step (scoring and reference passes, KL-penalised rewards, mini-batch updates
+        through `train_minibatch`, the KL controller) on this process's rows, with statistics over
+        the global batch. `epochs`: for each PPO epoch, the rows of each of its mini-batches (see
+        `minibatches.StepPlan`). trl's own `step` draws its mini-batches from torch's global
+        generator and, on CPUs, reduces nothing across processes."""
+        inputs = self.prepare_model_inputs(queries, responses)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            logprobs, _, values, masks = self.batched_forward_pass(self.model, queries, responses, inputs)
+            with unwrapped.pretrained_model.disable_adapter():
+                ref_logprobs, _, _, _ = self.batched_forward_pass(self.model, queries, responses, inputs)
+        kl_coef = self.kl_ctl.value
+        rewards, _ = self.compute_rewards(list(scores), logprobs, ref_logprobs, masks)
+        logprobs, values = logprobs.float(), values.float()
+
+        stats = []
+        for minibatches in epochs:
+            for rows in minibatches:
+                part = {name: tensor[rows] for name, tensor in inputs.items()}
+                new_logprobs, entropy, vpreds, _ = self.batched_forward_pass(
+                    self.model, [queries[i] for i in rows], [responses[i] for i in rows], part, True
+                )
+                stats.append(
+                    self.train_minibatch(
+                        logprobs[rows],
+                        values[rows],
+                        rewards[rows],
+                        new_logprobs,
+                        entropy,
+                        vpreds,
+                        masks[rows],
+                    )
+                )
+        rows = len(queries) * self.world.size
+        kl = float(self.world.sum(((logprobs - ref_logprobs) * masks).sum())) / rows
+        self.kl_ctl.update(kl, rows)
+        means = {
+            name: float(torch.stack([s[name] for s in stats]).float().mean())
+            for name, value in stats[0].items()
+            if value.numel() == 1
+        }
+        return {"objective/kl": kl, "objective/kl_coef": kl_coef, **means}
+
+
+class GlobalMean:
+    """Masked means over the tokens of a mini-batch split across ranks.
+
+    The value is the mean over every rank's tokens. The gradient is this rank's share of it,
+    times the world size, because DDP averages the ranks' gradients: so the update equals the
+    one a single process computes on the whole mini-batch. On one process it is trl's
+    `masked_mean`, value and gradient."""
+
+    def __init__(self, world: World, mask: torch.Tensor):
+        self.world, self.mask = world, mask
+        self.count = world.sum(mask.sum())
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        local = (values * self.mask).sum()
+        return (self.world.sum(local) + self.world.size * (local - local.detach())) / self.count
+
+    def var(self, values: torch.Tensor) -> torch.Tensor:
+        """Unbiased, as trl's `masked_var`; of values that carry no gradient."""
+        centered = values - self(values).detach()
+        return self(centered**2).detach() * self.count / (self.count - 1)
+
+    def whiten(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self(values)) * torch.rsqrt(self.var(values) + 1e-8)
+
+
+def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float):
+    """GAE per row over the response positions (masked positions hold zero reward and value)."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    width = rewards.shape[1]
+    for t in reversed(range(width)):
+        next_value = values[:, t + 1] if t + 1 < width else 0.0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages
+
+
+def ppo_loss(config: PPOConfig, world: World, old_logprobs, values, rewards, entropy, vpreds, logprobs, mask):
+    """trl's PPO loss (whitened GAE advantages, clipped policy and value losses) and its statistics,
+    each masked mean taken over the global mini-batch (`GlobalMean`). Returns (policy loss,
+    weighted value loss, statistics), as `PPOTrainer.loss` does."""
+    mean = GlobalMean(world, mask)
+    values, rewards = values * mask, rewards * mask
+    advantages = generalized_advantages(rewards, values, config.gamma, config.lam)
+    returns = advantages + values
+    advantages = mean.whiten(advantages).detach()
+
+    vpreds_clipped = clip_by_value(vpreds, values - config.cliprange_value, values + config.cliprange_value)
+    value_losses = torch.max((vpreds - returns) ** 2, (vpreds_clipped - returns) ** 2)
+    value_loss = 0.5 * mean(value_losses)
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped_ratio = torch.clamp(ratio, 1.0 - config.cliprange, 1.0 + config.cliprange)
+    policy_losses = torch.max(-advantages * ratio, -advantages * clipped_ratio)
+    policy_loss = mean(policy_losses)
+    weighted_value_loss = config.vf_coef * value_loss
+
+    def stat(x: torch.Tensor) -> torch.Tensor:
+        return mean(x.detach()).detach()
+
+    stats = {
+        "loss/policy": policy_loss.detach(),
+        "loss/value": value_loss.detach(),
+        "loss/total": (policy_loss + weighted_value_loss).detach(),
+        "policy/entropy": stat(entropy),
+        "policy/approxkl": stat(0.5 * (logprobs - old_logprobs) ** 2),
+        "policy/policykl": stat(old_logprobs - logprobs),
+        "policy/clipfrac": stat((-advantages * clipped_ratio > -advantages * ratio).double()),
+        "policy/advantages_mean": stat(advantages),
+        "policy/advantages": advantages,  # per position: trl's own `step` flattens these two
+        "policy/ratio": ratio.detach(),
+        "returns/mean": stat(returns),
+        "returns/var": mean.var(returns),
+        "val/vpred": stat(vpreds),
+        "val/error": stat((vpreds - returns) ** 2),
+        "val/clipfrac": stat(((vpreds_clipped - returns) ** 2 > (vpreds - returns) ** 2).double()),
+        "val/mean": stat(values),
+        "val/var": mean.var(values),
+    }
+    return policy_loss, weighted_value_loss, stats
 
 
 def length_groups(
@@ -225,14 +355,25 @@ class DetoxTrainer:
     """Owns the trl trainer, the data order, the length sampler, the metrics history and the last
     good snapshot."""
 
-    def __init__(self, config: TrainConfig, policy, tokenizer, prompts: list[Example], reward_fn: RewardFn):
+    def __init__(
+        self,
+        config: TrainConfig,
+        policy,
+        tokenizer,
+        prompts: list[Example],
+        reward_fn: RewardFn,
+        world: World = World(),
+    ):
         self.config = config
-        self.policy = policy
+        self.policy = policy  # the model itself; `self.trl.model` is it wrapped for DDP
         self.tokenizer = tokenizer
         self.reward_fn = reward_fn
+        self.world = world
+        self.plan = StepPlan(config.batch_size, config.mini_batch_size, world.size, world.rank)
         self.trl = TrimmedPPOTrainer(
-            config=ppo_config(config), model=policy, ref_model=None, tokenizer=tokenizer
+            config=ppo_config(config, world), model=policy, ref_model=None, tokenizer=tokenizer
         )
+        self.trl.world = world
         self.order = BatchOrder(len(prompts), config.batch_size, config.seed)
         self.lengths = LengthSampler(config.output_min_length, config.output_max_length, config.seed + 1)
         self.sampling = SamplingSettings(config.min_length, config.top_k, config.top_p)
@@ -259,8 +400,13 @@ class DetoxTrainer:
 
     # -- one step ----------------------------------------------------------
     def run_step(self) -> StepResult:
+        """One PPO step on the global batch; this process rolls out and trains on its rows
+        (`StepPlan`), and the metrics are the global batch's, the same on every process."""
         t_start = time.perf_counter()
-        indices = self.order.batch(self.step)
+        world, plan = self.world, self.plan
+        batch = self.order.batch(self.step)
+        rows = plan.rows()
+        indices = [batch[row] for row in rows]
         queries = [self.query_ids[i] for i in indices]
         query_texts = [self.prompts[i].prompt for i in indices]
 
@@ -268,10 +414,11 @@ class DetoxTrainer:
         self.policy.eval()
         batch_size = self.config.generation_batch_size
         encoded = encode(self.policy, self.tokenizer, queries, batch_size)
-        budgets = self.lengths.sample(len(queries))
-        # Row i of step n samples from its own stream: a response does not depend on how the
-        # batch is split into generation batches (or, later, across processes).
-        seeds = [stream_seed(self.config.seed, self.step, row) for row in range(len(queries))]
+        # Budgets are drawn for the global batch, and row i of step n samples from its own
+        # stream: a response depends neither on the generation batches nor on the world size.
+        budgets = self.lengths.sample(len(batch))
+        budgets = [budgets[row] for row in rows]
+        seeds = [stream_seed(self.config.seed, self.step, row) for row in rows]
         responses = generate(
             self.policy, self.tokenizer, queries, budgets, self.sampling, batch_size, encoded, seeds
         )
@@ -279,35 +426,46 @@ class DetoxTrainer:
         response_texts = decode(self.tokenizer, responses)
         scores = self.reward_fn(query_texts, response_texts).float()
         t2 = time.perf_counter()
-        if not torch.isfinite(scores).all():
+        if world.any(not torch.isfinite(scores).all()):
             raise TrainingDiverged(f"non-finite rewards at step {self.step + 1}")
 
+        epochs = [plan.epoch(self.config.seed, self.step, e) for e in range(self.config.ppo_epochs)]
         with self.trl.reusing_encoder_states(queries, encoded):
-            stats = self.trl.step(queries, responses, list(scores))
+            stats = self.trl.ppo_step(queries, responses, scores, epochs)
         t3 = time.perf_counter()
 
-        kl = float(stats["objective/kl"])
+        kl = stats["objective/kl"]
         if not math.isfinite(kl) or kl > self.config.max_kl:
             raise TrainingDiverged(
                 f"mean KL {kl:.3g} exceeded max_kl={self.config.max_kl} at step {self.step + 1}"
             )
         self.step += 1
+        # The global batch's scores and lengths, in its row order, from every process.
+        everyone = torch.cat(world.gather(torch.stack([scores, _lengths(responses)], 1)))
+        order = torch.tensor([row for rank in range(world.size) for row in plan.on_rank(rank).rows()])
+        all_scores, all_lengths = everyone[order.argsort()].T
         metrics = {
             "step": self.step,
-            "reward_mean": float(scores.mean()),
-            "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "reward_mean": float(all_scores.mean()),
+            "reward_std": float(all_scores.std()) if len(all_scores) > 1 else 0.0,
             "kl": kl,
             "kl_coef": float(stats["objective/kl_coef"]),
-            "returns_mean": float(stats["ppo/returns/mean"]),
-            "advantages_mean": float(stats["ppo/policy/advantages_mean"]),
-            "policy_loss": float(stats["ppo/loss/policy"]),
-            "value_loss": float(stats["ppo/loss/value"]),
-            "response_length_mean": float(np.mean([len(r) - 1 for r in responses])),
-            "time_generate": t1 - t0,
-            "time_reward": t2 - t1,
-            "time_ppo": t3 - t2,
-            "time_step": t3 - t_start,
+            "returns_mean": stats["returns/mean"],
+            "advantages_mean": stats["policy/advantages_mean"],
+            "policy_loss": stats["loss/policy"],
+            "value_loss": stats["loss/value"],
+            "response_length_mean": float(all_lengths.mean()),
+            # The step waits for its slowest process: each phase's time is the longest one.
+            "time_generate": world.max(t1 - t0),
+            "time_reward": world.max(t2 - t1),
+            "time_ppo": world.max(t3 - t2),
+            "time_step": world.max(t3 - t_start),
         }
         self.history.append(metrics)
         self.last_good = self.snapshot()
         return StepResult(metrics, query_texts, response_texts)
+
+
+def _lengths(responses: list[torch.Tensor]) -> torch.Tensor:
+    """Response lengths in tokens, without the decoder start token."""
+    return torch.tensor([len(r) - 1 for r in responses], dtype=torch.float32)

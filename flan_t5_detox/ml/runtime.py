@@ -75,10 +75,11 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def set_threads(requested: int = 0) -> int:
-    """`requested` intra-op threads (0 = one per available CPU), with MKL's fast kernels."""
+def set_threads(requested: int = 0, processes: int = 1) -> int:
+    """`requested` intra-op threads (0 = this process's share of the available CPUs, when
+    `processes` share the machine), with MKL's fast kernels."""
     use_fast_mkl_kernels()
-    count = requested or available_cpus()
+    count = requested or max(1, available_cpus() // processes)
     torch.set_num_threads(count)
     return count
 
@@ -99,9 +100,9 @@ class Runtime:
         return {"dtype": self.dtype_name, "threads": self.threads, "cpu": self.cpu}
 
 
-def setup(dtype: str = "auto", num_threads: int = 0) -> Runtime:
+def setup(dtype: str = "auto", num_threads: int = 0, processes: int = 1) -> Runtime:
     """Threads and MKL first (before anything computes), then the dtype for this CPU."""
-    threads = set_threads(num_threads)
+    threads = set_threads(num_threads, processes)
     return Runtime(pick_dtype(dtype), threads, cpu_model())
 
 

@@ -63,39 +63,70 @@ class TrainingRun:
     def resume(self) -> int:
         """Continue from the newest checkpoint, if any; returns the step it starts after.
 
-        metrics.jsonl is rewritten from the checkpoint's history: on a fresh instance (only
-        checkpoints/ restored) it is rebuilt whole, and steps past the checkpoint are redone."""
-        snapshot = checkpoint.latest(self.checkpoint_dir)
-        if snapshot is not None:
-            if not snapshot.history and snapshot.step:  # written before checkpoints carried it
-                snapshot.history = [m for m in self.metrics.read() if m["step"] <= snapshot.step]
+        Rank 0 reads it and hands it to the other ranks, so every rank resumes the same state
+        whatever the world size the checkpoint was written with. metrics.jsonl is rewritten
+        from the checkpoint's history: on a fresh instance (only checkpoints/ restored) it is
+        rebuilt whole, and steps past the checkpoint are redone."""
+        world = self.trainer.world
+        snapshot = checkpoint.latest(self.checkpoint_dir) if world.is_main else None
+        if snapshot is not None and not snapshot.history and snapshot.step:
+            # written before checkpoints carried the history
+            snapshot.history = [m for m in self.metrics.read() if m["step"] <= snapshot.step]
+        shared = world.from_main(None if snapshot is None else checkpoint.to_bytes(snapshot))
+        if shared is not None:
+            snapshot = checkpoint.from_bytes(shared) if snapshot is None else snapshot
             self.trainer.restore(snapshot)
             log.info("resumed from checkpoint at step %d", snapshot.step)
-        self.metrics.rewrite(self.trainer.history)
+        if world.is_main:
+            self.metrics.rewrite(self.trainer.history)
         return self.trainer.step
+
+    def _checkpoint(self) -> Path | None:
+        """The last finished step, written by rank 0 (the other ranks hold the same state)."""
+        if self.trainer.world.is_main:
+            return checkpoint.write(self.checkpoint_dir, self.trainer.last_good)
+        return None
 
     def run(self, max_steps: int) -> RunOutcome:
         from tqdm import tqdm
 
-        trainer = self.trainer
+        trainer, main = self.trainer, self.trainer.world.is_main
         with SigtermGuard():
             try:
-                with tqdm(total=max_steps, initial=trainer.step, desc="PPO", file=sys.stderr) as bar:
+                with tqdm(
+                    total=max_steps, initial=trainer.step, desc="PPO", file=sys.stderr, disable=not main
+                ) as bar:
                     while trainer.step < max_steps:
                         result = trainer.run_step()
+                        bar.update(1)
+                        if not main:
+                            continue
                         self.metrics.append(result.metrics)
                         print(format_metrics_line(result.metrics), flush=True)
-                        bar.update(1)
                         if self.after_step is not None:
                             self.after_step(trainer.step)
                         if self.checkpoint_every and trainer.step % self.checkpoint_every == 0:
-                            checkpoint.write(self.checkpoint_dir, trainer.last_good)
+                            self._checkpoint()
             except Preempted:
-                path = checkpoint.write(self.checkpoint_dir, trainer.last_good)
-                log.warning("SIGTERM: wrote %s (step %d); exiting", path, trainer.last_good.step)
+                path = self._checkpoint()
+                log.warning("SIGTERM: checkpointed step %d (%s); exiting", trainer.last_good.step, path)
                 return RunOutcome(trainer.last_good.step, preempted=True)
             except TrainingDiverged as exc:
-                checkpoint.write(self.checkpoint_dir, trainer.last_good)
+                self._checkpoint()
                 raise RuntimeError(f"{exc}; last good step {trainer.last_good.step} is checkpointed") from exc
-        checkpoint.write(self.checkpoint_dir, trainer.last_good)
+            except RuntimeError as exc:
+                if trainer.world.size == 1:
+                    raise
+                # gloo's error when a peer stopped, died or stalled past the collective timeout
+                self._checkpoint()
+                raise PeerLost(
+                    f"rank {trainer.world.rank} of {trainer.world.size} lost its peers during step "
+                    f"{trainer.step + 1} ({str(exc).splitlines()[0]}); step {trainer.last_good.step} "
+                    "is checkpointed, and a rerun resumes from it on any number of instances"
+                ) from exc
+        self._checkpoint()
         return RunOutcome(trainer.step, preempted=False)
+
+
+class PeerLost(RuntimeError):
+    """Another rank of a data-parallel run stopped answering."""

@@ -225,8 +225,10 @@ def _engine_has_own_network() -> bool:
         return False
 
 
-def test_sagemaker_sdk_local_mode_runs_the_train_job(image, tiny_models, sample_dataset, tmp_path):
-    """The real SDK (`instance_type="local"`, docker compose) as an outside check of the contract.
+def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, sample_dataset, tmp_path):
+    """The real SDK (`instance_type="local"`, docker compose) as an outside check of the contract,
+    with `instance_count=2`: two containers on the SDK's compose network, whose resource configs
+    name both hosts, train data-parallel (rank 0 on the first host writes model/ and output/).
 
     Training only: the SDK's local processing uploads local inputs to S3 first (sagemaker 2.243),
     and the processing contract is already checked by the ContainerEntrypoint run above."""
@@ -259,7 +261,7 @@ def test_sagemaker_sdk_local_mode_runs_the_train_job(image, tiny_models, sample_
     estimator = Estimator(
         image_uri=image,
         role="arn:aws:iam::111111111111:role/detox-local",
-        instance_count=1,
+        instance_count=2,
         instance_type="local",
         output_path=f"file://{tmp_path / 'artifacts'}",
         hyperparameters={
@@ -269,6 +271,8 @@ def test_sagemaker_sdk_local_mode_runs_the_train_job(image, tiny_models, sample_
             "output_min_length": 8,
             "output_max_length": 16,
             "dtype": "float32",
+            "num_threads": 1,
+            "collective_timeout": 120,
         },
         environment={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
         sagemaker_session=session,
@@ -295,4 +299,6 @@ def test_sagemaker_sdk_local_mode_runs_the_train_job(image, tiny_models, sample_
     assert {"adapter_config.json", "adapter_model.bin", "adapter_info.json"} <= names, names
     with tarfile.open(model_tar.parent / "output.tar.gz") as archive:
         metrics = archive.extractfile("data/metrics.jsonl").read().decode().splitlines()
+        summary = json.loads(archive.extractfile("data/training_summary.json").read())
     assert [json.loads(x)["step"] for x in metrics] == [1]
+    assert summary["world_size"] == 2  # both containers' ranks trained the one model

@@ -907,8 +907,10 @@ def test_evaluate_on_two_instances_then_merges_the_hosts_parts(aws, bucket, laun
     code, out, err = launch(
         "train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--instance-count", "2"
     )
-    assert code == 2 and "data-parallel PPO across instances is not built yet" in err
-    assert len(aws.api.sent("CreateProcessingJob")) == 2 and not aws.api.sent("CreateTrainingJob")
+    assert code == 0, err  # data-parallel training: the hosts meet at algo-1 (contract/cluster.py)
+    [request] = aws.api.sent("CreateTrainingJob")
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    assert len(aws.api.sent("CreateProcessingJob")) == 2
 
 
 def test_local_evaluation_on_two_hosts_merges_to_the_one_host_report(
@@ -943,3 +945,31 @@ def test_local_evaluation_on_two_hosts_merges_to_the_one_host_report(
     assert (two / "comparisons.csv").read_text() == (one / "comparisons.csv").read_text()
     a, b = (json.loads((folder / "report.json").read_text()) for folder in (one, two))
     assert a["metrics"] == b["metrics"] and a["sample_size"] == b["sample_size"] == 9
+
+
+def test_local_training_on_two_hosts_runs_them_together_and_keeps_rank_0s_model(
+    launch, tmp_path, tiny_models, sample_dataset
+):
+    """The no-Docker path with a two-host resource config: both hosts at once, over loopback."""
+    common = [
+        "--base-model", tiny_models.base_model, "--peft-checkpoint", tiny_models.peft_checkpoint,
+        "--reward-model", tiny_models.reward_model, "--dataset", sample_dataset,
+        "--hp", "max_ppo_steps=2", "--hp", "batch_size=8", "--hp", "mini_batch_size=4",
+        "--hp", "output_min_length=8", "--hp", "output_max_length=16", "--hp", "num_threads=1",
+        "--hp", "dtype=float32",
+    ]  # fmt: skip
+    code, out, err = launch("local", "train", "--work-dir", tmp_path / "d", "--instance-count", "2", *common)
+    assert code == 2 and "add --no-docker" in err
+    root = tmp_path / "two"
+    code, out, err = launch(
+        "local", "train", "--no-docker", "--work-dir", root, "--instance-count", "2", *common
+    )
+    assert code == 0, err
+    assert "2 hosts" in out and str(root / "algo-1" / "model") in out
+    for host in ("algo-1", "algo-2"):
+        config = json.loads((root / host / "input" / "config" / "resourceconfig.json").read_text())
+        assert config["current_host"] == host and config["hosts"] == ["algo-1", "algo-2"]
+    summary = json.loads((root / "algo-1" / "output" / "data" / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    assert (root / "algo-1" / "model" / "adapter_config.json").is_file()
+    assert not any((root / "algo-2" / "model").iterdir())

@@ -3,6 +3,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from scipy import stats as scipy_stats
 
 from flan_t5_detox.ml import checkpoint, ppo
 from flan_t5_detox.ml.loading import load_tokenizer
@@ -35,8 +36,11 @@ def test_ppo_measurably_raises_a_scripted_reward(tiny_models):
     trainer = tiny_trainer(tiny_models, config, reward_fn=reward_fn)
     rewards = [trainer.run_step().metrics["reward_mean"] for _ in range(30)]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
-    print(f"scripted reward: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
-    assert last > first + 0.05
+    trend = scipy_stats.linregress(np.arange(30), rewards)
+    print(f"scripted reward: first 5 steps {first:.3f}, last 5 steps {last:.3f}; {trend}")
+    # One run's reward is noisy step to step: the rise is judged by its trend over all 30 steps.
+    assert last > first
+    assert trend.slope > 0 and trend.pvalue < 0.01
 
 
 def test_snapshot_restore_replays_the_same_next_step(tiny_models, tmp_path):
@@ -117,7 +121,8 @@ def test_trimmed_forward_passes_equal_trl_own(tiny_models, monkeypatch, padding)
 @GROUPINGS
 def test_loss_and_gradients_equal_trl_own(tiny_models, monkeypatch, padding):
     """One training mini-batch through our pass + loss and through trl's: the same losses,
-    statistics (entropy included) and gradients, whether its rows run alone or together."""
+    statistics (entropy included) and gradients, whether its rows run alone or together (on
+    one process, where our global means are trl's masked means)."""
     from trl import PPOTrainer
 
     monkeypatch.setattr(ppo, "GROUP_PADDING", padding)
@@ -146,7 +151,7 @@ def test_loss_and_gradients_equal_trl_own(tiny_models, monkeypatch, padding):
     torch.testing.assert_close(ours_v, trl_v)
     assert ours_stats.keys() == trl_stats.keys()
     for key in trl_stats:
-        ours_stat, trl_stat = ours_stats[key], trl_stats[key]
+        ours_stat, trl_stat = ours_stats[key].double(), trl_stats[key].double()
         if key == "policy/ratio":  # per position, padding included: only the masked-in ones mean anything
             ours_stat, trl_stat = ours_stat[masks.bool()], trl_stat[masks.bool()]
         torch.testing.assert_close(ours_stat, trl_stat, atol=1e-5, rtol=1e-4, msg=key)

@@ -1,0 +1,67 @@
+"""Where the ranks of a data-parallel training job meet: torch.distributed's static `env://`
+rendezvous, built from the job's resource config as AWS's own training containers do.
+
+Host i of the sorted `hosts` is node rank i; rank 0 (the first process of `hosts[0]`) serves the
+rendezvous on port 7777; gloo talks over the job's network interface. `MASTER_ADDR` and
+`MASTER_PORT` already in the environment win (local runs, where the host names do not resolve).
+Torch-free: the launcher and the entrypoint's checks read it before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flan_t5_detox.contract.environment import TrainingJobEnvironment
+
+MASTER_PORT = 7777
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    master_addr: str
+    master_port: int
+    node_rank: int  # this host's index in the sorted hosts
+    nodes: int
+    processes_per_host: int
+    interface: str = ""  # gloo's socket interface; "" = let gloo pick
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_host
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def rank(self, local_rank: int) -> int:
+        return self.node_rank * self.processes_per_host + local_rank
+
+    def environment(self, local_rank: int) -> dict[str, str]:
+        """torch.distributed's `env://` variables for one process of this host. No LOCAL_RANK:
+        without it accelerate takes its CPU (gloo) branch rather than its GPU one."""
+        env = {
+            "RANK": str(self.rank(local_rank)),
+            "WORLD_SIZE": str(self.world_size),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+        }
+        if self.interface:
+            env["GLOO_SOCKET_IFNAME"] = self.interface
+        return env
+
+
+def rendezvous(
+    env: TrainingJobEnvironment, processes_per_host: int, process_env: Mapping[str, str]
+) -> Rendezvous:
+    """The rendezvous of this job's host, given the process environment it starts in."""
+    hosts = env.hosts
+    interface = process_env.get("GLOO_SOCKET_IFNAME", env.network_interface_name if len(hosts) > 1 else "")
+    return Rendezvous(
+        master_addr=process_env.get("MASTER_ADDR", hosts[0] if len(hosts) > 1 else "127.0.0.1"),
+        master_port=int(process_env.get("MASTER_PORT", MASTER_PORT)),
+        node_rank=env.host_index,
+        nodes=len(hosts),
+        processes_per_host=processes_per_host,
+        interface=interface,
+    )

@@ -1,0 +1,166 @@
+"""Data-parallel training for real: ranks as separate `detox-train` processes meeting over
+loopback through torch.distributed (gloo), as the hosts of a multi-instance job do."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM
+
+from flan_t5_detox.ml import checkpoint
+from tests.servers import free_port
+
+TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
+HOSTS = ("algo-1", "algo-2")
+# Every global figure of a step; timings differ run to run.
+FIGURES = (
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "kl_coef",
+    "returns_mean",
+    "advantages_mean",
+    "policy_loss",
+    "value_loss",
+    "response_length_mean",
+)
+SETTINGS = dict(max_ppo_steps=4, batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3)
+
+
+def _start(root, port, **env):
+    """One host's job; the host names do not resolve here, so rank 0 is reached on loopback."""
+    environment = dict(
+        os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1", **env
+    )
+    return subprocess.Popen(
+        [*TRAIN, "--ml-root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )
+
+
+def _hosts(train_layout, name, **settings):
+    return [train_layout(f"{name}-{host}", hosts=HOSTS, current_host=host, **settings) for host in HOSTS]
+
+
+def _metrics(root):
+    return [json.loads(x) for x in (root / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _figures(rows):
+    return [row[k] for row in rows for k in FIGURES]
+
+
+def _assert_same_run(got, expected):
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    # Float tolerance: the ranks sum in another order, and the difference grows step by step.
+    assert _figures(got) == pytest.approx(_figures(expected), rel=1e-3, abs=1e-5)
+
+
+def test_two_hosts_train_exactly_as_one_host_with_the_same_global_batch(train_layout, tiny_models):
+    one = train_layout("one", **SETTINGS)
+    alone = subprocess.run([*TRAIN, "--ml-root", str(one)], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+
+    port = free_port()
+    first, second = _hosts(train_layout, "two", **SETTINGS)
+    ranks = [_start(first, port), _start(second, port)]
+    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+
+    # The same global figures, step for step, with 2 ranks of 4 rows as with 1 rank of 8.
+    _assert_same_run(_metrics(first), _metrics(one))
+    assert "rank 1/2" in outputs[1] and "rank 0/2" in outputs[0]
+    summary = json.loads((first / "output" / "data" / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+
+    # Rank 0 alone writes: one model/, loadable with stock PEFT; the other host's stay empty.
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model)
+    assert PeftModel.from_pretrained(base, first / "model") is not None
+    for folder in ("model", "output/data", "checkpoints"):
+        assert not any((second / folder).iterdir()), folder
+    # Only rank 0 prints the metric lines SageMaker's metric definitions read.
+    assert outputs[0].count("step=") >= 4 and "step=" not in outputs[1]
+
+
+def test_two_ranks_stopped_by_sigterm_resume_on_one(train_layout):
+    settings = dict(SETTINGS, max_ppo_steps=10, checkpoint_every=0, processes_per_host=2)
+    root = train_layout("stopped", **settings)
+    job = _start(root, free_port())
+    metrics = root / "output" / "data" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.time() < deadline, job.stdout.read()[-3000:]
+        time.sleep(0.05)
+    sent = time.time()
+    job.send_signal(signal.SIGTERM)  # to the host's job, which passes it to its two ranks
+    output, _ = job.communicate(timeout=120)
+    assert time.time() - sent < 120
+    assert job.returncode == 143, output[-3000:]
+    stopped_at = checkpoint.latest(root / "checkpoints").step
+    assert 2 <= stopped_at < 10
+
+    # The rerun has one rank; it resumes from the two ranks' checkpoint and finishes the run
+    # exactly as an uninterrupted one-rank run does.
+    hps = root / "input" / "config" / "hyperparameters.json"
+    hps.write_text(json.dumps({**json.loads(hps.read_text()), "processes_per_host": "1"}))
+    resumed = subprocess.run([*TRAIN, "--ml-root", str(root)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from checkpoint at step {stopped_at}" in resumed.stdout
+    straight = train_layout("straight", **dict(settings, processes_per_host=1))
+    assert (
+        subprocess.run([*TRAIN, "--ml-root", str(straight)], capture_output=True, timeout=300).returncode == 0
+    )
+    _assert_same_run(_metrics(root), _metrics(straight))
+
+
+def test_a_host_that_never_joins_fails_the_job_in_bounded_time(train_layout):
+    first, _ = _hosts(train_layout, "alone", collective_timeout=5)
+    started = time.time()
+    job = _start(first, free_port())
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode == 1, output[-2000:]
+    assert time.time() - started < 60
+    failure = (first / "output" / "failure").read_text()
+    assert failure.startswith("RendezvousFailed: rank 0 of 2: the ranks did not all meet at 127.0.0.1:")
+    assert "within 5 s" in failure and "Check that every host started" in failure
+    assert not any((first / "model").iterdir())
+
+
+def test_global_batch_not_divisible_by_the_ranks_is_bad_input(train_layout):
+    first, _ = _hosts(train_layout, "odd", batch_size=9, mini_batch_size=3)
+    result = _start(first, free_port())
+    output, _ = result.communicate(timeout=120)
+    assert result.returncode == 2, output[-2000:]
+    failure = (first / "output" / "failure").read_text()
+    assert failure.startswith("Bad input: batch_size (9) and mini_batch_size (3) are global")
+    assert "multiples of 2" in failure
+
+
+def test_a_host_that_dies_mid_run_fails_the_other_in_bounded_time_with_its_step_checkpointed(train_layout):
+    first, second = _hosts(train_layout, "dies", **dict(SETTINGS, max_ppo_steps=30, collective_timeout=30))
+    port = free_port()
+    ranks = [_start(first, port), _start(second, port)]
+    metrics = first / "output" / "data" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert ranks[0].poll() is None and time.time() < deadline, ranks[0].stdout.read()[-3000:]
+        time.sleep(0.05)
+    ranks[1].kill()  # the second host's instance is gone: no checkpoint, no goodbye
+    killed = time.time()
+    output, _ = ranks[0].communicate(timeout=120)
+    ranks[1].communicate()
+    assert ranks[0].returncode == 1, output[-3000:]
+    assert time.time() - killed < 60  # within the collective timeout (30 s), not at max_run
+    failure = (first / "output" / "failure").read_text()
+    assert failure.startswith("PeerLost: rank 0 of 2 lost its peers during step ")
+    done = len(metrics.read_text().splitlines())
+    assert checkpoint.latest(first / "checkpoints").step == done  # the last finished step is kept
+    assert f"step {done} is checkpointed" in failure
