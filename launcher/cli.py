@@ -88,14 +88,13 @@ def _job_parent(kind: str, cloud: bool) -> argparse.ArgumentParser:
         _add(parent, WHERE + RESOURCES + inputs)
         _tables(parent, "--tag")
     else:  # local runs: no role, bucket or spot; inputs may be local paths
-        hosts = ("instance_count",) if kind == "evaluate" else ()  # one process or container per host
         _add(
             parent,
             (
                 "image",
                 "job_name",
                 "instance_type",
-                *hosts,
+                "instance_count",  # one process (or container) per host
                 *(n for n in inputs if n not in ("spot", "max_wait")),
             ),
         )

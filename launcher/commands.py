@@ -169,6 +169,11 @@ def upload(options: Options, source: Path, uri: str, out) -> int:
 
 def local(options: Options, kind: str, dry_run: bool, out) -> int:
     """Run a job on this machine: build the /opt/ml layout, then docker run or a plain process."""
+    if kind == "train" and options.instance_count > 1 and options.docker:
+        raise LaunchError(
+            "a local train job on several instances runs its hosts as plain processes: add --no-docker "
+            "(or use SageMaker's local mode, which puts the containers on one network)"
+        )
     sources = [getattr(options, n) or "" for n in EVAL_INPUTS] + [options.checkpoint_s3_uri or ""]
     aws = connect(options) if options.train_job or any(s.startswith("s3://") for s in sources) else None
     if kind == "train":
@@ -220,11 +225,6 @@ def _run_local(run: local_backend.LocalRun, job, options: Options, client, out) 
 def _local_hosts(options: Options, job: jobs.TrainJob, root: Path, client, dry_run: bool, out) -> int:
     """A training job on N instances, here: N plain processes at once, each host with its own
     /opt/ml (root/<host>); rank 0's (algo-1's) model/ and output/ are the job's."""
-    if options.docker:
-        raise LaunchError(
-            "a local train job on several instances runs its hosts as plain processes: add --no-docker "
-            "(or use SageMaker's local mode, which puts the containers on one network)"
-        )
     if dry_run:
         raise LaunchError("--dry-run shows one job; a train job on several instances is one process per host")
     hosts = [f"algo-{i + 1}" for i in range(job.resources.instance_count)]
