@@ -9,8 +9,10 @@ invocation, and the step time on N instances projected from measured parts.
    a. one rank, global batch b (mini-batch b/2);
    b. two ranks meeting over loopback (two hosts' layouts), global batch 2b (mini-batch b): each
       rank rolls out and trains on b rows, as in a;
-   c. a again, so drift of the machine's speed shows.
-   Efficiency = median step time of a (and c) / median step time of b, first step left out.
+   c. two independent jobs as in a, at once: the machine as busy as in b, without the group;
+   d. a again, so drift of the machine's speed shows.
+   Efficiency = median step time of a (and d) / median step time of b, first step left out;
+   at equal load = c / b, the cost of the group itself where two busy processes slow each other.
 2. All-reduce, measured: gloo over loopback between two processes, for the gradient of the real
    trainable weights (flan-t5-base with a rank-32 LoRA on q and v, and the value head) and for
    one float (the latency each small statistic's reduction pays).
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -103,20 +106,42 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _twins(work: Path, batch: int, steps: int) -> list[dict]:
+    """Two independent one-rank jobs at once: the machine as loaded as by two ranks, no group."""
+    results: dict[int, dict] = {}
+    threads = [
+        threading.Thread(target=lambda k=k: results.__setitem__(k, _run(work, f"twin-{k}", 1, batch, steps)))
+        for k in (0, 1)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [results[0], results[1]]
+
+
 def weak_scaling(batch: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-dp-") as folder:
         work = Path(folder)
         first = _run(work, "one-a", 1, batch, steps)
         two = _run(work, "two", 2, 2 * batch, steps)
+        twins = _twins(work, batch, steps)
         last = _run(work, "one-c", 1, batch, steps)
     one = (first["time_step"] + last["time_step"]) / 2
+    twin = max(t["time_step"] for t in twins)
     return {
         "one_rank_batch": batch,
         "two_ranks_batch": 2 * batch,
         "one_rank_first": first,
         "two_ranks": two,
+        "two_independent_one_rank_jobs": twins,
         "one_rank_last": last,
+        # 1 rank alone / 2 ranks: what the issue's side-by-side asks for
         "efficiency": round(one / two["time_step"], 3),
+        # 1 rank alone / 1 rank beside a twin: how this machine runs two busy processes at once
+        "machine_concurrency": round(one / twin, 3),
+        # 1 rank beside a twin / 2 ranks: the data-parallel cost alone (the group, its waits)
+        "efficiency_at_equal_load": round(twin / two["time_step"], 3),
     }
 
 
@@ -176,7 +201,7 @@ def real_rank_steps(out: Path) -> dict[int, dict]:
         spec = make_workload(args, built).__dict__
         # One rank's share of each global mini-batch (of at least one row per rank).
         spec["mini_batch_size"] = max(REAL_MINI_BATCH, instances) // instances
-        result = run_worker(f"ours_ppo_n{instances}", spec, out, image_env())
+        result = run_worker("ours_ppo", spec, out, image_env())
         steps[instances] = {k: round(v, 2) for k, v in result["seconds"].items()}
         print(f"one rank, {REAL_BATCH // instances} rows: {json.dumps(steps[instances])}", flush=True)
     return steps

@@ -8,6 +8,7 @@ engine come from `.ci/docker.sh`; in CI (CI=true) their absence is a failure, el
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -225,15 +226,9 @@ def _engine_has_own_network() -> bool:
         return False
 
 
-def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, sample_dataset, tmp_path):
-    """The real SDK (`instance_type="local"`, docker compose) as an outside check of the contract,
-    with `instance_count=2`: two containers on the SDK's compose network, whose resource configs
-    name both hosts, train data-parallel (rank 0 on the first host writes model/ and output/).
-
-    Training only: the SDK's local processing uploads local inputs to S3 first (sagemaker 2.243),
-    and the processing contract is already checked by the ContainerEntrypoint run above."""
+def _sdk_local_session(tmp_path, s3_url: str | None = None):
+    """The real SDK's LocalSession (docker compose); S3 is the test's own server when given."""
     import boto3
-    from sagemaker.estimator import Estimator
     from sagemaker.local import LocalSession
 
     # The SDK's compose file always adds a bridge network ("sagemaker-local"); this machine's
@@ -244,20 +239,48 @@ def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, s
             pytest.fail(f"{problem}; .ci/docker.sh start runs it in its own network namespace")
         pytest.skip(f"{problem}; start it with .ci/docker.sh start")
     assert shutil.which("docker-compose") or _docker("compose", "version").returncode == 0
+    if s3_url:
+        from tests.servers import ACCESS_KEY, REGION, SECRET_KEY
 
-    dataset_dir = tmp_path / "dataset"
-    dataset_dir.mkdir()
-    shutil.copy(sample_dataset, dataset_dir)
-    # Fake static credentials: no metadata-service lookups; they only reach the container's env.
-    boto_session = boto3.Session(
-        aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1"
-    )
+        boto_session = boto3.Session(
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION
+        )
+    else:  # fake static credentials: no metadata-service lookups; they only reach the container's env
+        boto_session = boto3.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1"
+        )
     telemetry_off = {
         "SchemaVersion": "1.0",
         "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
     }
-    session = LocalSession(boto_session=boto_session, sagemaker_config=telemetry_off)
+    session = LocalSession(boto_session=boto_session, s3_endpoint_url=s3_url, sagemaker_config=telemetry_off)
     session.config = {"local": {"local_code": True, "container_root": str(tmp_path)}}
+    return session
+
+
+@contextlib.contextmanager
+def _compose_cleaned():
+    """compose leaves its containers and network behind; the network is in the engine's namespace."""
+    before = set(_docker("ps", "-aq").stdout.split())
+    try:
+        yield
+    finally:
+        made = set(_docker("ps", "-aq", "--filter", "label=com.docker.compose.project").stdout.split())
+        if made - before:
+            _docker("rm", "-f", *sorted(made - before))
+        _docker("network", "rm", "sagemaker-local")
+
+
+def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, sample_dataset, tmp_path):
+    """The real SDK (`instance_type="local"`, docker compose) as an outside check of the contract,
+    with `instance_count=2`: two containers on the SDK's compose network, whose resource configs
+    name both hosts, train data-parallel (rank 0 on the first host writes model/ and output/)."""
+    from sagemaker.estimator import Estimator
+
+    session = _sdk_local_session(tmp_path)
+    dataset_dir = tmp_path / "dataset"
+    dataset_dir.mkdir()
+    shutil.copy(sample_dataset, dataset_dir)
     estimator = Estimator(
         image_uri=image,
         role="arn:aws:iam::111111111111:role/detox-local",
@@ -283,15 +306,8 @@ def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, s
         "reward_model": tiny_models.reward_model,
         "dataset": dataset_dir,
     }
-    before = set(_docker("ps", "-aq").stdout.split())
-    try:
+    with _compose_cleaned():
         estimator.fit({name: f"file://{path}" for name, path in channels.items()}, wait=True)
-    finally:
-        # compose leaves its container and network behind; the network is in the engine's namespace.
-        made = set(_docker("ps", "-aq", "--filter", "label=com.docker.compose.project").stdout.split())
-        if made - before:
-            _docker("rm", "-f", *sorted(made - before))
-        _docker("network", "rm", "sagemaker-local")
 
     model_tar = Path(estimator.model_data.removeprefix("file://"))
     with tarfile.open(model_tar) as archive:
@@ -302,3 +318,79 @@ def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, s
         summary = json.loads(archive.extractfile("data/training_summary.json").read())
     assert [json.loads(x)["step"] for x in metrics] == [1]
     assert summary["world_size"] == 2  # both containers' ranks trained the one model
+
+
+def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_merges(
+    image, train_layout, tiny_models, sample_dataset, s3_server, tmp_path
+):
+    """The SDK's local processing with `instance_count=2` (inputs and outputs through the test's
+    S3 server): each container writes its own part, and a one-container merge job builds the
+    report from both."""
+    from detox_entrypoints import train
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+
+    from flan_t5_detox.contract import s3
+    from tests.servers import s3_test_client
+
+    trained = train_layout("train", max_ppo_steps=1)
+    assert train.main(["--ml-root", str(trained)]) == 0
+    client = s3_test_client(s3_server.url)
+    bucket = f"detox-sdk-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    sources = {
+        "base_model": tiny_models.base_model,
+        "peft_checkpoint": tiny_models.peft_checkpoint,
+        "reward_model": tiny_models.reward_model,
+        "dataset": Path(sample_dataset),
+        "detoxified": trained / "model",
+    }
+    for name, source in sources.items():
+        s3.upload(source, f"s3://{bucket}/inputs/{name}" + ("/" if source.is_file() else ""), client)
+    session = _sdk_local_session(tmp_path, s3_server.url)
+
+    def processor(count: int) -> Processor:
+        return Processor(
+            role="arn:aws:iam::111111111111:role/detox-local",
+            image_uri=image,
+            instance_count=count,
+            instance_type="local",
+            entrypoint=["evaluate"],
+            env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+            sagemaker_session=session,
+        )
+
+    def output(prefix: str) -> list:
+        return [
+            ProcessingOutput(
+                source="/opt/ml/processing/output/report",
+                destination=f"s3://{bucket}/{prefix}",
+                output_name="report",
+            )
+        ]
+
+    inputs = [
+        ProcessingInput(
+            source=f"s3://{bucket}/inputs/{name}",
+            destination=f"/opt/ml/processing/input/{name}",
+            input_name=name,
+        )
+        for name in sources
+    ]
+    settings = ["--num-samples", "8", "--generation-batch-size", "4", "--max-new-tokens", "12"]
+    settings += ["--bootstrap-samples", "200", "--num-threads", "1"]
+    with _compose_cleaned():
+        processor(2).run(inputs=inputs, outputs=output("sharded"), arguments=settings, wait=True, logs=False)
+    parts = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="sharded/")["Contents"])
+    assert len(parts) == 2 and all(re.fullmatch(r"sharded/part-algo-[12]-\w+\.json", p) for p in parts), parts
+
+    merge_input = ProcessingInput(
+        source=f"s3://{bucket}/sharded", destination="/opt/ml/processing/input/parts", input_name="parts"
+    )
+    with _compose_cleaned():
+        processor(1).run(
+            inputs=[merge_input], outputs=output("merged"), arguments=["merge"], wait=True, logs=False
+        )
+    report = json.loads(client.get_object(Bucket=bucket, Key="merged/report.json")["Body"].read())
+    assert report["sample_size"] == 8
+    rows = client.get_object(Bucket=bucket, Key="merged/comparisons.csv")["Body"].read().decode()
+    assert len(list(csv.DictReader(rows.splitlines()))) == 8  # every dialogue, from both hosts' parts
