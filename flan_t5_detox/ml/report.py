@@ -542,8 +542,10 @@ def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
 def write_report(out_dir: Path, evaluation: Evaluation, context: ReportContext) -> list[Path]:
     """Write every report file into `out_dir`; on any error nothing there changes."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out_dir.parent))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Staged inside `out_dir`, so each file's move is a rename even where `out_dir` is a mount of
+    # its own (SageMaker's local mode mounts every processing output separately).
+    staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out_dir))
     try:
         plots = {
             "toxicity_distribution.png": plot_distributions(evaluation),

@@ -99,7 +99,7 @@ def test_folder_inputs_give_a_full_report(folder_run):
     assert not (root / "output" / "failure").exists() and not (root / "output" / "message").exists()
     out = root / "processing" / "output" / "report"
     assert {p.name for p in out.iterdir()} == REPORT_FILES
-    assert not list((root / "processing" / "output").glob(".report-staging-*"))
+    assert not list((root / "processing" / "output").rglob(".report-staging-*"))
 
     data = json.loads((out / "report.json").read_text())
     assert data["sample_size"] == 12 and data["settings"]["num_samples"] == 12

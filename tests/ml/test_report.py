@@ -77,7 +77,7 @@ def test_report_files_and_their_contents(tmp_path):
             "training_curves.png",
         ]
     )
-    assert not list(tmp_path.glob(".report-staging-*"))
+    assert not list(tmp_path.rglob(".report-staging-*"))
 
     data = json.loads((out / "report.json").read_text())
     assert data["sample_size"] == N and data["test_split_size"] == 37
@@ -146,7 +146,7 @@ def test_a_failure_while_writing_leaves_the_report_folder_untouched(tmp_path):
     with pytest.raises(IndexError):
         report.write_report(out, broken, context())
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert not list(tmp_path.glob(".report-staging-*"))
+    assert not list(tmp_path.rglob(".report-staging-*"))
 
 
 # ---------------------------------------------------------------- the page in a real browser
