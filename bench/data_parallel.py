@@ -35,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 
+from flan_t5_detox.contract.cluster import free_port
 from flan_t5_detox.contract.layout import write_training_layout
 from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.fixtures.tiny import embedded_default
@@ -44,8 +45,10 @@ TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
 # LoRA r=32 on q and v: A (768 x 32) and B (32 x 768) each; the value head is 768 -> 1.
 REAL_TRAINABLE = (12 + 12 + 12) * 2 * (2 * 768 * 32) + 768 + 1
 REAL_BATCH, REAL_MINI_BATCH = 16, 4
-SMALL_REDUCTIONS_PER_MINI_BATCH = 18  # GlobalMean: the token count, the loss means, the statistics
-SMALL_REDUCTIONS_PER_STEP = 8  # rewards' finiteness, KL, scores and lengths, four timings
+# GlobalMean's per mini-batch: the token count, whitening (2), both losses, the statistics, the
+# two variances (2).
+SMALL_REDUCTIONS_PER_MINI_BATCH = 7
+SMALL_REDUCTIONS_PER_STEP = 7  # rewards' finiteness, KL, scores and lengths, four timings
 
 
 def _settings(batch: int, steps: int) -> dict:
@@ -88,7 +91,7 @@ def _run(work: Path, name: str, hosts: int, batch: int, steps: int) -> dict:
         )
         for host in names
     ]
-    port = _free_port()
+    port = free_port()
     jobs = [_job(root, port) for root in roots]
     for job, root in zip(jobs, roots):
         if job.wait() != 0:
@@ -96,14 +99,6 @@ def _run(work: Path, name: str, hosts: int, batch: int, steps: int) -> dict:
     rows = _step_times(roots[0])
     phases = ("time_step", "time_generate", "time_reward", "time_ppo")
     return {phase: statistics.median(r[phase] for r in rows) for phase in phases}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _twins(work: Path, batch: int, steps: int) -> list[dict]:
@@ -172,7 +167,7 @@ def all_reduce_costs(repeats: int = 50) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         mp.start_processes(
             _all_reduce_worker,
-            (_free_port(), [1, REAL_TRAINABLE], repeats, out.name),
+            (free_port(), [1, REAL_TRAINABLE], repeats, out.name),
             nprocs=2,
             start_method="spawn",
         )

@@ -10,13 +10,12 @@ whole environment (a stray DETOX_* variable must not change a local run but not 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flan_t5_detox.contract import layout, s3
+from flan_t5_detox.contract import cluster, layout, s3
 from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
 
 from .jobs import EvalJob, TrainJob
@@ -164,9 +163,7 @@ def execute_hosts(runs: list[LocalRun], environment: dict[str, str], s3_client=N
     """The hosts of one multi-instance training job as plain processes here, all at once: their
     host names do not resolve, so they meet at rank 0's rendezvous on loopback. Returns the
     first failing host's exit code, else 0. Rank 0 (the first run) holds the checkpoints."""
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = cluster.free_port()
     processes = []
     for run in runs:
         link_mounts(run)

@@ -9,6 +9,7 @@ Torch-free: the launcher and the entrypoint's checks read it before anything hea
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -65,3 +66,10 @@ def rendezvous(
         processes_per_host=processes_per_host,
         interface=interface,
     )
+
+
+def free_port() -> int:
+    """A port free on loopback now, for a rendezvous of processes on this machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -191,9 +191,9 @@ class TrimmedPPOTrainer(PPOTrainer):
                         masks[rows],
                     )
                 )
-        rows = len(queries) * self.world.size
-        kl = float(self.world.sum(((logprobs - ref_logprobs) * masks).sum())) / rows
-        self.kl_ctl.update(kl, rows)
+        global_rows = len(queries) * self.world.size
+        kl = float(self.world.sum(((logprobs - ref_logprobs) * masks).sum())) / global_rows
+        self.kl_ctl.update(kl, global_rows)
         means = {
             name: float(torch.stack([s[name] for s in stats]).float().mean())
             for name, value in stats[0].items()
@@ -203,7 +203,8 @@ class TrimmedPPOTrainer(PPOTrainer):
 
 
 class GlobalMean:
-    """Masked means over the tokens of a mini-batch split across ranks.
+    """Masked means over the tokens of a mini-batch split across ranks; each call reduces all the
+    tensors it is given at once (one all-reduce, not one per statistic).
 
     The value is the mean over every rank's tokens. The gradient is this rank's share of it,
     times the world size, because DDP averages the ranks' gradients: so the update equals the
@@ -214,17 +215,22 @@ class GlobalMean:
         self.world, self.mask = world, mask
         self.count = world.sum(mask.sum())
 
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        local = (values * self.mask).sum()
-        return (self.world.sum(local) + self.world.size * (local - local.detach())) / self.count
+    def __call__(self, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mean of each of `values` (of one dtype)."""
+        local = torch.stack([(v * self.mask).sum() for v in values])
+        means = (self.world.sum(local) + self.world.size * (local - local.detach())) / self.count
+        return means.unbind()
 
-    def var(self, values: torch.Tensor) -> torch.Tensor:
-        """Unbiased, as trl's `masked_var`; of values that carry no gradient."""
-        centered = values - self(values).detach()
-        return self(centered**2).detach() * self.count / (self.count - 1)
+    def moments(self, *values: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The means and the unbiased variances (as trl's `masked_var`) of values that carry no
+        gradient: two reductions."""
+        means = tuple(m.detach() for m in self(*values))
+        squares = self(*((v - m) ** 2 for v, m in zip(values, means)))
+        return means, tuple(x.detach() * self.count / (self.count - 1) for x in squares)
 
     def whiten(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self(values)) * torch.rsqrt(self.var(values) + 1e-8)
+        (mean,), (var,) = self.moments(values)
+        return (values - mean) * torch.rsqrt(var + 1e-8)
 
 
 def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float):
@@ -252,34 +258,37 @@ def ppo_loss(config: PPOConfig, world: World, old_logprobs, values, rewards, ent
 
     vpreds_clipped = clip_by_value(vpreds, values - config.cliprange_value, values + config.cliprange_value)
     value_losses = torch.max((vpreds - returns) ** 2, (vpreds_clipped - returns) ** 2)
-    value_loss = 0.5 * mean(value_losses)
     ratio = torch.exp(logprobs - old_logprobs)
     clipped_ratio = torch.clamp(ratio, 1.0 - config.cliprange, 1.0 + config.cliprange)
     policy_losses = torch.max(-advantages * ratio, -advantages * clipped_ratio)
-    policy_loss = mean(policy_losses)
+    policy_loss, value_loss = mean(policy_losses, value_losses)
+    value_loss = 0.5 * value_loss
     weighted_value_loss = config.vf_coef * value_loss
 
-    def stat(x: torch.Tensor) -> torch.Tensor:
-        return mean(x.detach()).detach()
-
+    # Every statistic in one reduction (two for the variances), as float64 like trl's clip fractions.
+    measured = {
+        "policy/entropy": entropy,
+        "policy/approxkl": 0.5 * (logprobs - old_logprobs) ** 2,
+        "policy/policykl": old_logprobs - logprobs,
+        "policy/clipfrac": -advantages * clipped_ratio > -advantages * ratio,
+        "policy/advantages_mean": advantages,
+        "returns/mean": returns,
+        "val/vpred": vpreds,
+        "val/error": (vpreds - returns) ** 2,
+        "val/clipfrac": (vpreds_clipped - returns) ** 2 > (vpreds - returns) ** 2,
+        "val/mean": values,
+    }
+    means = mean(*(x.detach().double() for x in measured.values()))
+    _, (returns_var, values_var) = mean.moments(returns.detach().double(), values.detach().double())
     stats = {
         "loss/policy": policy_loss.detach(),
         "loss/value": value_loss.detach(),
         "loss/total": (policy_loss + weighted_value_loss).detach(),
-        "policy/entropy": stat(entropy),
-        "policy/approxkl": stat(0.5 * (logprobs - old_logprobs) ** 2),
-        "policy/policykl": stat(old_logprobs - logprobs),
-        "policy/clipfrac": stat((-advantages * clipped_ratio > -advantages * ratio).double()),
-        "policy/advantages_mean": stat(advantages),
+        **{name: m.detach() for name, m in zip(measured, means)},
         "policy/advantages": advantages,  # per position: trl's own `step` flattens these two
         "policy/ratio": ratio.detach(),
-        "returns/mean": stat(returns),
-        "returns/var": mean.var(returns),
-        "val/vpred": stat(vpreds),
-        "val/error": stat((vpreds - returns) ** 2),
-        "val/clipfrac": stat(((vpreds_clipped - returns) ** 2 > (vpreds - returns) ** 2).double()),
-        "val/mean": stat(values),
-        "val/var": mean.var(values),
+        "returns/var": returns_var,
+        "val/var": values_var,
     }
     return policy_loss, weighted_value_loss, stats
 
