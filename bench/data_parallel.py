@@ -38,7 +38,7 @@ from pathlib import Path
 from flan_t5_detox.contract.cluster import free_port
 from flan_t5_detox.contract.layout import write_training_layout
 from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.tiny import embedded_default
+from flan_t5_detox.fixtures.embedded import embedded_default
 
 TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
 # flan-t5-base: 12 encoder layers (self-attention), 12 decoder layers (self- and cross-attention);

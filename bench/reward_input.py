@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.tiny import embedded_default
+from flan_t5_detox.fixtures.embedded import embedded_default
 from flan_t5_detox.ml import data, generation
 from flan_t5_detox.ml.adapters import load_merged
 from flan_t5_detox.ml.loading import load_tokenizer

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
 from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.tiny import embedded_default
+from flan_t5_detox.fixtures.embedded import embedded_default
 
 EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--dtype", "float32", "--num-threads", "1", "--bootstrap-samples", "1000"]

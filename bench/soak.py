@@ -24,7 +24,7 @@ import numpy as np
 
 from flan_t5_detox.contract.layout import write_training_layout
 from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.tiny import embedded_default
+from flan_t5_detox.fixtures.embedded import embedded_default
 
 WARM_UP = 20  # steps before the slope is fitted
 

@@ -77,14 +77,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
     from flan_t5_detox.fixtures import SAMPLE_DATASET
-    from flan_t5_detox.fixtures.tiny import cache_root, embedded_default
+    from flan_t5_detox.fixtures.embedded import EMBEDDED_DIR, embedded_default
 
     from . import evaluate, train
 
     out = args.out.resolve()
     prepare_out(out)
     started = time.perf_counter()
-    print(f"[demo] embedded default models (built once, cached in {cache_root()})", flush=True)
+    print(
+        f"[demo] embedded default models (shipped in {EMBEDDED_DIR}, checked against its manifest)",
+        flush=True,
+    )
     tiny = embedded_default()
     torch.set_num_threads(1)  # as the jobs' num_threads below: tiny models, busy machines
     inputs = {

@@ -34,8 +34,8 @@ def _reset_job_logging():
 
 @pytest.fixture(scope="session")
 def tiny_models():
-    """The embedded default (the demo's models), built once per machine and cached."""
-    from flan_t5_detox.fixtures.tiny import embedded_default
+    """The embedded default (the demo's models), as shipped, checked against its manifest."""
+    from flan_t5_detox.fixtures.embedded import embedded_default
 
     return embedded_default()
 
@@ -75,3 +75,14 @@ def train_layout(tmp_path, tiny_models, sample_dataset):
         )
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests use copies of the shipped embedded default; a run that changed the original fails."""
+    from flan_t5_detox.fixtures.embedded import EmbeddedDefaultDamaged, verify
+
+    try:
+        verify()
+    except EmbeddedDefaultDamaged as exc:
+        print(f"\na test changed the shipped embedded default: {exc}")
+        session.exitstatus = 1

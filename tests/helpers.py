@@ -9,7 +9,7 @@ from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.ml import data
 from flan_t5_detox.ml.adapters import load_merged, read_lora_config
 from flan_t5_detox.ml.generation import SamplingSettings, generate
-from flan_t5_detox.ml.loading import load_tokenizer
+from flan_t5_detox.ml.loading import load_tokenizer, read_weights, weight_files
 from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.ppo import DetoxTrainer
 from flan_t5_detox.ml.rewards import RewardModel
@@ -67,9 +67,19 @@ class Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('the payload ran')",))
 
 
+def as_bin(folder) -> dict:
+    """Rewrite a copied model folder's weights as one pytorch_model.bin (the pickle format, which
+    is where payloads hide); returns the weights."""
+    state = read_weights(folder, "model")
+    for path in weight_files(folder):
+        path.unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    return state
+
+
 def plant_payload(folder, marker) -> dict:
-    """Rewrite `folder`'s pytorch_model.bin as its real weights plus a payload; returns the weights."""
-    weights = folder / "pytorch_model.bin"
-    state = torch.load(weights, weights_only=True)
-    torch.save({**state, "extra": Payload(marker)}, weights)
+    """Rewrite `folder`'s weights as a pytorch_model.bin of its real weights plus a payload;
+    returns the weights."""
+    state = as_bin(folder)
+    torch.save({**state, "extra": Payload(marker)}, folder / "pytorch_model.bin")
     return state

@@ -12,6 +12,7 @@ from detox_entrypoints import demo
 DEMO = Path(sys.executable).parent / "detox-demo"  # the installed console script
 
 
+@pytest.mark.numerics
 def test_demo_command_runs_train_then_evaluate_and_proves_the_effect(tmp_path):
     out = tmp_path / "demo-output"
     started = time.perf_counter()

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.ml import loading
-from tests.helpers import plant_payload
+from tests.helpers import as_bin, plant_payload
 
 
 def _copy(source, dest):
@@ -52,7 +52,7 @@ def test_safetensors_are_preferred_to_a_bin_beside_them(tiny_models, tmp_path):
 
 def test_a_sharded_bin_loads_through_its_index(tiny_models, tmp_path):
     folder = _copy(tiny_models.reward_model, tmp_path / "reward")
-    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state = as_bin(folder)
     (folder / "pytorch_model.bin").unlink()
     names = sorted(state)
     halves = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
@@ -67,14 +67,17 @@ def test_a_sharded_bin_loads_through_its_index(tiny_models, tmp_path):
     assert torch.equal(model.state_dict()[names[0]], state[names[0]])
 
 
+@pytest.mark.parametrize("form", ["safetensors", "bin"])
 @pytest.mark.parametrize(
     "damage",
     [lambda b: b[: len(b) // 2], lambda b: bytes(range(256)) * 64],
     ids=["truncated", "random bytes"],
 )
-def test_a_damaged_weights_file_is_named_with_a_fix_never_raw_text(tiny_models, tmp_path, damage):
+def test_a_damaged_weights_file_is_named_with_a_fix_never_raw_text(tiny_models, tmp_path, damage, form):
     folder = _copy(tiny_models.base_model, tmp_path / "base")
-    weights = folder / "pytorch_model.bin"
+    if form == "bin":
+        as_bin(folder)
+    [weights] = loading.weight_files(folder)
     weights.write_bytes(damage(weights.read_bytes()))
     with pytest.raises(JobInputError) as caught:
         loading.load_seq2seq(folder)
@@ -85,8 +88,8 @@ def test_a_damaged_weights_file_is_named_with_a_fix_never_raw_text(tiny_models, 
 
 def test_missing_weights_and_weights_that_do_not_fit_their_config(tiny_models, tmp_path):
     folder = _copy(tiny_models.base_model, tmp_path / "base")
+    state = as_bin(folder)
     weights = folder / "pytorch_model.bin"
-    state = torch.load(weights, weights_only=True)
     weights.unlink()
     with pytest.raises(
         JobInputError, match="holds no weights: expected model.safetensors or pytorch_model.bin"

@@ -21,6 +21,7 @@ def _even_token_share(tokenizer):
     return reward
 
 
+@pytest.mark.numerics
 def test_ppo_measurably_raises_a_scripted_reward(tiny_models):
     config = tiny_config(
         batch_size=16,

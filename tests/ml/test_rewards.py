@@ -5,6 +5,7 @@ from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.ml.rewards import RewardModel, length_batches, reward_text
 
 
+@pytest.mark.numerics
 def test_reward_is_the_named_logit_and_toxicity_the_softmax(tiny_models):
     model = RewardModel(tiny_models.reward_model, reward_label="nothate", batch_size=2)
     texts = ["Tom buys a coat.", "you stupid idiot", "Mary and Sam plan a trip to Paris on Friday."]
