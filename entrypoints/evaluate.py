@@ -97,6 +97,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     from flan_t5_detox.contract.outputs import check_writable
     from flan_t5_detox.ml import adapters, data, evaluation, report, runtime, shards
     from flan_t5_detox.ml.loading import load_tokenizer
+    from flan_t5_detox.ml.measurements import Measurements
     from flan_t5_detox.ml.rewards import RewardModel
 
     # Setup: the report folder, inputs and data first, so bad input fails before the models load.
@@ -139,7 +140,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     kept = adapters.step_adapters(inputs.after_adapter)
     info = adapters.read_adapter_info(inputs.after_adapter)  # kept steps come with it: our train job's
     final_step = int(info["ppo_steps"]) if kept and info else None
-    measured = shards.Measurements(
+    measured = Measurements(
         examples=mine,
         positions=positions,
         sample_size=len(examples),
