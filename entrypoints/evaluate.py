@@ -179,7 +179,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         )
         log.info("part: %s (merge all hosts' parts with `evaluate merge`)", part)
         return 0
-    return write_report(env, measured, context)
+    return report_measurements(env, measured, context)
 
 
 def merge(env: ProcessingJobEnvironment) -> int:
@@ -195,10 +195,10 @@ def merge(env: ProcessingJobEnvironment) -> int:
             f"missing input 'parts' (the sharded evaluation's report output): expected {expected}"
         )
     measured, context = shards.read_parts(parts)
-    return write_report(env, measured, report.context_from_json(context))
+    return report_measurements(env, measured, report.context_from_json(context))
 
 
-def write_report(env: ProcessingJobEnvironment, measured, context) -> int:
+def report_measurements(env: ProcessingJobEnvironment, measured, context) -> int:
     """Statistics, the trade-off curve and the report files, from every dialogue's measurements."""
     from flan_t5_detox.ml import evaluation, report
 
