@@ -97,6 +97,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     from flan_t5_detox.contract.outputs import check_writable
     from flan_t5_detox.ml import adapters, data, evaluation, report, runtime, shards
     from flan_t5_detox.ml.loading import load_tokenizer
+    from flan_t5_detox.ml.measurements import Measurements
     from flan_t5_detox.ml.rewards import RewardModel
 
     # Setup: the report folder, inputs and data first, so bad input fails before the models load.
@@ -139,7 +140,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
     kept = adapters.step_adapters(inputs.after_adapter)
     info = adapters.read_adapter_info(inputs.after_adapter)  # kept steps come with it: our train job's
     final_step = int(info["ppo_steps"]) if kept and info else None
-    measured = shards.Measurements(
+    measured = Measurements(
         examples=mine,
         positions=positions,
         sample_size=len(examples),
@@ -178,7 +179,7 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         )
         log.info("part: %s (merge all hosts' parts with `evaluate merge`)", part)
         return 0
-    return write_report(env, measured, context)
+    return report_measurements(env, measured, context)
 
 
 def merge(env: ProcessingJobEnvironment) -> int:
@@ -194,10 +195,10 @@ def merge(env: ProcessingJobEnvironment) -> int:
             f"missing input 'parts' (the sharded evaluation's report output): expected {expected}"
         )
     measured, context = shards.read_parts(parts)
-    return write_report(env, measured, report.context_from_json(context))
+    return report_measurements(env, measured, report.context_from_json(context))
 
 
-def write_report(env: ProcessingJobEnvironment, measured, context) -> int:
+def report_measurements(env: ProcessingJobEnvironment, measured, context) -> int:
     """Statistics, the trade-off curve and the report files, from every dialogue's measurements."""
     from flan_t5_detox.ml import evaluation, report
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from flan_t5_detox.contract.failure import JobInputError
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Fail now, before any model loads, if `folder` cannot take the job's results (and, since
-    results are staged beside it, if its parent cannot take a staging folder)."""
+    """Fail now, before any model loads, if `folder` cannot take the job's results, nor its parent
+    a staging folder (results are staged inside the folder or beside it, see `publish`)."""
     for place in (folder.parent, folder):
         try:
             place.mkdir(parents=True, exist_ok=True)
@@ -27,22 +28,36 @@ def check_writable(folder: Path, what: str) -> None:
             ) from exc
 
 
-def publish(staging: Path, target: Path) -> None:
+def publish(staging: Path, target: Path, last: str | None = None, stale: Iterable[str] = ()) -> None:
     """Move every entry of `staging` into `target` (replacing same-named ones), then drop `staging`.
 
-    Everything is written to `staging` first, beside `target` on the same file system, so each
-    move is a rename and `target` never holds half of a result. If a move fails, the staging
-    folder is removed and the failure is reported as a `JobInputError` naming `target`."""
+    `staging` must be on the file system of `target`, beside it or inside it, so each move is a
+    rename: a file replaces its namesake in one step, and `target` never holds half of a file.
+    Entries named in `stale` that this result does not bring are removed from `target` first, so
+    an earlier result's files do not mix with this one's; the entry named `last` is moved last, so
+    its presence says that every other entry has arrived. If a move fails, the staging folder is
+    removed and the failure is reported as a `JobInputError` naming `target`."""
     try:
         target.mkdir(parents=True, exist_ok=True)
-        for item in staging.iterdir():
+        items = sorted(staging.iterdir(), key=lambda item: (item.name == last, item.name))
+        brought = {item.name for item in items}
+        for name in stale:
+            if name not in brought:
+                _remove(target / name)
+        for item in items:
             destination = target / item.name
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)
-            elif destination.exists() or destination.is_symlink():
-                destination.unlink()
+            if destination.is_dir() or item.is_dir():
+                _remove(destination)  # a rename replaces a file (or a link) by a file, nothing else
             shutil.move(str(item), destination)
         staging.rmdir()
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise JobInputError(f"cannot write the results to {target}: {exc.strerror or exc}") from exc
+
+
+def _remove(path: Path) -> None:
+    """`path` gone, whatever it is (a link is removed, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.evaluation import Side
+from flan_t5_detox.ml.measurements import Measurements
 
 PART_PREFIX = "part-"
 PART_VERSION = 1
@@ -38,20 +38,6 @@ def block(n: int, index: int, count: int, unit: int = 1) -> list[int]:
 
 def part_name(host: str) -> str:
     return f"{PART_PREFIX}{host}.json"
-
-
-@dataclass
-class Measurements:
-    """What the hosts measured, aligned by position in the sample."""
-
-    examples: list[Example]
-    positions: list[int]  # each example's place in the sample
-    sample_size: int  # of the whole sample, all hosts together
-    test_split_size: int
-    before: Side
-    after: Side
-    steps: dict[int, Side]  # the adapters the train job kept along the way
-    final_step: int | None  # the PPO steps of `after`, when the steps are known
 
 
 def _side_json(side: Side) -> dict:
@@ -109,12 +95,7 @@ def _fingerprints(context: dict) -> dict:
     return {name: source.get("sha256") for name, source in context.get("sources", {}).items()}
 
 
-def read_parts(folder: Path) -> tuple[Measurements, dict]:
-    """Every part in `folder`, checked to be one sample measured one way, merged in position
-    order; returns the measurements and the context of the first host's part."""
-    paths = sorted(Path(folder).rglob(f"{PART_PREFIX}*.json"))
-    if not paths:
-        raise JobInputError(f"no evaluation parts ({PART_PREFIX}<host>.json) in {folder}")
+def _load(paths: list[Path]) -> list[dict]:
     parts = []
     for path in paths:
         try:
@@ -124,6 +105,11 @@ def read_parts(folder: Path) -> tuple[Measurements, dict]:
             parts.append(part)
         except (ValueError, AttributeError) as exc:
             raise JobInputError(f"{path} is not an evaluation part: {exc}") from exc
+    return parts
+
+
+def _check_one_evaluation(paths: list[Path], parts: list[dict]) -> None:
+    """Every part is of the same sample, measured by the same models with the same settings."""
     first = parts[0]
     for path, part in zip(paths, parts):
         for key in ("sample_size", "test_split_size", "final_step"):
@@ -138,6 +124,17 @@ def read_parts(folder: Path) -> tuple[Measurements, dict]:
             raise JobInputError(f"{path} and {paths[0]} measured different models (their files differ)")
         if sorted(part["steps"]) != sorted(first["steps"]):
             raise JobInputError(f"{path} and {paths[0]} evaluated different kept steps")
+
+
+def read_parts(folder: Path) -> tuple[Measurements, dict]:
+    """Every part in `folder`, checked to be one sample measured one way, merged in position
+    order; returns the measurements and the context of the first host's part."""
+    paths = sorted(Path(folder).rglob(f"{PART_PREFIX}*.json"))
+    if not paths:
+        raise JobInputError(f"no evaluation parts ({PART_PREFIX}<host>.json) in {folder}")
+    parts = _load(paths)
+    _check_one_evaluation(paths, parts)
+    first = parts[0]
     parts.sort(key=lambda part: part["positions"][0] if part["positions"] else 0)
     positions = [p for part in parts for p in part["positions"]]
     if positions != list(range(first["sample_size"])):

@@ -1,0 +1,222 @@
+"""report.html: one self-contained page (inline CSS, plots as base64 data URIs, no scripts), so it
+can be mailed or opened straight from S3. Model text is escaped; every figure states its n."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from html import escape
+
+from flan_t5_detox.ml.evaluation import METRICS, Evaluation
+from flan_t5_detox.ml.report.context import ReportContext
+from flan_t5_detox.ml.report.plots import DIFFERENCES, DISTRIBUTIONS, TRADEOFF, TRAINING, Plot
+from flan_t5_detox.ml.report.tables import (
+    LABELS,
+    comparison_rows,
+    sample_note,
+    toxicity_improvement,
+    tradeoff_rows,
+)
+
+REPORT_HTML = "report.html"
+HEADLINE_NAMES = {
+    "toxicity": "toxicity of prompt + response",
+    "response_toxicity": "toxicity of the response alone",
+}
+CSS = """
+body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;color:#222;
+padding:0 1em;line-height:1.4}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
+.headline{background:#f4f7fb;border-left:4px solid #1f77b4;padding:.8em 1em}
+table.metrics{border-collapse:collapse;font-size:.9em}
+table.metrics td,table.metrics th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+table.metrics td:first-child{text-align:left}td.sig{background:#fff3cd}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+.example{border:1px solid #ddd;border-radius:4px;padding:.5em .8em;margin:.6em 0}
+.scores{font-size:.85em;color:#555}.tag{font-size:.75em;padding:0 .4em;border-radius:3px;background:#ddd}
+.tag.before{background:#d6e6f5}.tag.after{background:#fde3c8}pre{white-space:pre-wrap;font-size:.85em}
+"""
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def _pvalue(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}%"
+
+
+def _confidence(evaluation: Evaluation) -> str:
+    return f"{100 * evaluation.comparisons['toxicity'].confidence:g}%"
+
+
+def headline(evaluation: Evaluation) -> str:
+    """The page's first sentence: the trained toxicity before and after, with its CI and tests."""
+    name = evaluation.trained_toxicity
+    tox = evaluation.comparisons[name]
+    improvement = toxicity_improvement(tox)
+    confidence = f"{100 * tox.confidence:g}%"
+    verdict = (
+        f"the {confidence} CI of the mean paired difference excludes 0"
+        if tox.significant
+        else f"the {confidence} CI of the mean paired difference includes 0: "
+        "no change is detectable at this sample size"
+    )
+    return (
+        f"On <b>n = {evaluation.n}</b> test dialogues, mean {HEADLINE_NAMES[name]} (P(hate)) went from "
+        f"<b>{_num(tox.before.mean)}</b> (sd {_num(tox.before.std)}) to <b>{_num(tox.after.mean)}</b> "
+        f"(sd {_num(tox.after.std)}): mean paired difference {_num(tox.mean_diff)} "
+        f"[{_num(tox.ci_low)}, {_num(tox.ci_high)}], relative improvement "
+        f"{_pct(improvement['value'])} [{_pct(improvement['ci_low'])}, {_pct(improvement['ci_high'])}], "
+        f"paired t-test p = {_pvalue(tox.t_p)} (Wilcoxon signed-rank p = {_pvalue(tox.wilcoxon_p)}); "
+        f"{verdict}."
+    )
+
+
+def _metrics_table(evaluation: Evaluation) -> str:
+    head = (
+        f"<tr><th>metric (n = {evaluation.n})</th><th>before mean (sd)</th><th>after mean (sd)</th>"
+        f"<th>mean diff, after - before [{_confidence(evaluation)} CI]</th><th>relative change</th>"
+        "<th>Wilcoxon p</th><th>paired t p</th></tr>"
+    )
+    rows = []
+    for name in METRICS:
+        c = evaluation.comparisons[name]
+        rows.append(
+            f"<tr><td>{LABELS[name]}</td><td>{_num(c.before.mean)} ({_num(c.before.std)})</td>"
+            f"<td>{_num(c.after.mean)} ({_num(c.after.std)})</td>"
+            f"<td class='{'sig' if c.significant else ''}'>{_num(c.mean_diff)} "
+            f"[{_num(c.ci_low)}, {_num(c.ci_high)}]</td><td>{_pct(c.relative_change)}</td>"
+            f"<td>{_pvalue(c.wilcoxon_p)}</td><td>{_pvalue(c.t_p)}</td></tr>"
+        )
+    return f"<table class='metrics'>{head}{''.join(rows)}</table>"
+
+
+def _tradeoff_table(evaluation: Evaluation) -> str:
+    def cells(row: dict, key: str) -> str:
+        """`key`'s estimate and its change against the start, each with its interval."""
+        estimate = f"{_num(row[key + '_mean'])} [{_num(row[key + '_ci_low'])}, {_num(row[key + '_ci_high'])}]"
+        change = row[key + "_change"]
+        low, high = _num(row[key + "_change_ci_low"]), _num(row[key + "_change_ci_high"])
+        return f"<td>{estimate}</td><td>{change:+.4g} [{low}, {high}]</td>"
+
+    body = "".join(
+        f"<tr><td>{r['step']}</td>{cells(r, 'toxicity')}{cells(r, 'rougeL')}<td>{_num(r['kl'])}</td></tr>"
+        for r in tradeoff_rows(evaluation)
+    )
+    confidence = _confidence(evaluation)
+    return (
+        "<table class='metrics'><tr><th>PPO step</th>"
+        f"<th>{escape(LABELS[evaluation.trained_toxicity])} [{confidence} CI]</th>"
+        "<th>change vs start</th>"
+        f"<th>ROUGE-L [{confidence} CI]</th><th>change vs start</th><th>mean KL</th></tr>{body}</table>"
+    )
+
+
+def _example(row: dict) -> str:
+    e = escape
+    return (
+        "<div class='example'>"
+        f"<div class='scores'>id {e(row['id'])} &middot; reward {_num(row['reward_before'])} &rarr; "
+        f"{_num(row['reward_after'])} (<b>{row['reward_diff']:+.4g}</b>) &middot; toxicity "
+        f"{_num(row['toxicity_before'])} &rarr; {_num(row['toxicity_after'])}</div>"
+        f"<details><summary>dialogue</summary><pre>{e(row['query'])}</pre></details>"
+        f"<p><span class='tag'>reference</span> {e(row['reference_summary'])}</p>"
+        f"<p><span class='tag before'>before</span> {e(row['response_before'])}</p>"
+        f"<p><span class='tag after'>after</span> {e(row['response_after'])}</p>"
+        "</div>"
+    )
+
+
+def _img(plot: Plot, plots: dict[str, bytes]) -> str:
+    data = base64.b64encode(plots[plot.file]).decode("ascii")
+    image = f"<img src='data:image/png;base64,{data}' alt='{escape(plot.shows)}' data-file='{plot.file}'>"
+    return f"<figure>{image}</figure>"
+
+
+def _training_section(plots: dict[str, bytes]) -> str:
+    if TRAINING.file not in plots:
+        return "<p>No training output was given (input <code>training_output</code>).</p>"
+    return _img(TRAINING, plots)
+
+
+def _tradeoff_section(evaluation: Evaluation, plots: dict[str, bytes]) -> str:
+    if TRADEOFF.file not in plots:
+        return "<p>The train job kept no adapters along the way (<code>save_adapter_every</code> was 0).</p>"
+    return (
+        "<p>Every summarizer the train job kept (<code>save_adapter_every</code>), on the same prompts, "
+        "settings and seed: pick the step where the drop in toxicity is worth its cost in quality.</p>"
+        + _img(TRADEOFF, plots)
+        + _tradeoff_table(evaluation)
+    )
+
+
+def _examples(evaluation: Evaluation, context: ReportContext) -> tuple[str, str]:
+    """The most improved and the most worsened dialogues, `examples_in_report` of each."""
+    rows = comparison_rows(evaluation)
+    k = min(context.settings.examples_in_report, len(rows))
+    best = "".join(_example(r) for r in rows[:k])
+    worst = "".join(_example(r) for r in reversed(rows[-k:])) if k else ""
+    return best, worst
+
+
+def _sample(evaluation: Evaluation, context: ReportContext) -> str:
+    note = sample_note(evaluation, context)
+    return (
+        f"<p>Sample: the first {evaluation.n} of {evaluation.test_split_size} dialogues in the test split"
+        f"{f' ({escape(note)})' if note else ''}; both models\n"
+        "answered the same prompts with the same generation settings and seed. Differences are after - "
+        "before, paired\nby dialogue; intervals are percentile bootstrap intervals "
+        f"({context.settings.bootstrap_samples} resamples).\nHighlighted cells: the interval excludes 0.</p>"
+    )
+
+
+def _run(evaluation: Evaluation, context: ReportContext, data: dict) -> str:
+    speed = evaluation.throughput()
+    details = escape(
+        json.dumps({k: data[k] for k in ("settings", "models", "versions", "runtime")}, indent=2)
+    )
+    return f"""<p>{speed.samples} samples evaluated at {speed.samples_per_second:.3g} samples/s
+(generation {speed.generate_seconds:.1f} s, scoring {speed.score_seconds:.1f} s, both models);
+created {escape(context.created)}. All figures are in <code>report.json</code>, every dialogue in
+<code>comparisons.csv</code>.</p>
+<details><summary>Settings, models, versions</summary><pre>{details}</pre></details>"""
+
+
+def render_html(evaluation: Evaluation, context: ReportContext, plots: dict[str, bytes], data: dict) -> str:
+    """The page, from the evaluation, its context, the drawn `plots` (by file) and report.json's `data`."""
+    n = evaluation.n
+    best, worst = _examples(evaluation, context)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Detoxification report (n = {n})</title>
+<style>{CSS}</style></head><body>
+<h1>FLAN-T5 summarizer: toxicity before and after PPO detoxification</h1>
+<p class="headline">{headline(evaluation)}</p>
+{_sample(evaluation, context)}
+<h2>All measurements (n = {n})</h2>
+{_metrics_table(evaluation)}
+<h2>Toxicity and reward distributions (n = {n})</h2>
+{_img(DISTRIBUTIONS, plots)}
+<h2>Paired differences (n = {n})</h2>
+{_img(DIFFERENCES, plots)}
+<h2>PPO training curves</h2>
+{_training_section(plots)}
+<h2>Trade-off: toxicity and quality against the PPO step (n = {n})</h2>
+{_tradeoff_section(evaluation, plots)}
+<h2>Most improved (largest reward gain, of n = {n})</h2>
+{best}
+<h2>Most worsened (largest reward loss, of n = {n})</h2>
+{worst}
+<h2>Run</h2>
+{_run(evaluation, context, data)}
+</body></html>
+"""

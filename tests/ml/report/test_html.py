@@ -1,0 +1,72 @@
+"""report.html: escaped, self-contained, and as a real browser renders it."""
+
+import base64
+import re
+import shutil
+import subprocess
+
+from matplotlib.image import imread
+
+from tests.ml.report.synthetic import CONFIG, N, png_size
+
+
+def test_the_page_escapes_model_text_and_states_the_sample(written):
+    page = (written.folder / "report.html").read_text()
+    assert "<script" not in page  # model text is escaped; the page has no scripts of its own
+    assert "&lt;script&gt;" in page
+    assert f"n = {N}" in page and "of 37 dialogues in the test split" in page
+    assert page.count("class='example'") == 2 * CONFIG.examples_in_report
+
+
+# ---------------------------------------------------------------- the page in a real browser
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "headless Chromium is needed: apt-get install -y --no-install-recommends chromium"
+    return path
+
+
+def _chromium_run(tmp_path, *args) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    return subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_renders_in_headless_chromium_with_its_plots(tmp_path, written):
+    out = written.folder
+    url = (out / "report.html").as_uri()
+
+    dom = _chromium_run(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    images = re.findall(r"<img src=\"data:image/png;base64,([^\"]+)\"[^>]*data-file=\"([^\"]+)\"", dom.stdout)
+    assert [name for _, name in images] == [
+        "toxicity_distribution.png",
+        "paired_differences.png",
+        "training_curves.png",
+    ]
+    for data, name in images:
+        png = base64.b64decode(data)
+        assert png == (out / name).read_bytes()  # the page embeds exactly the PNG files
+        width, height = png_size(png)
+        assert width >= 500 and height >= 300
+
+    shot = tmp_path / "screenshot.png"
+    result = _chromium_run(tmp_path, f"--screenshot={shot}", "--window-size=1200,4200", url)
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (4200, 1200)
+    # Plots are the only strongly coloured things on the page: their bars and lines must be painted.
+    saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 0.3
+    assert saturated.sum() > 20000, saturated.sum()
+    assert (pixels.min(axis=2) < 0.3).sum() > 5000  # and there is dark text
