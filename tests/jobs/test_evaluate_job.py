@@ -18,7 +18,7 @@ from tests.ml.test_evaluation import one_thread  # noqa: F401 - the same autouse
 EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--num-samples", "12", "--max-new-tokens", "16", "--generation-batch-size", "6"]
 SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32", "--num-threads", "1"]
-# The names themselves are checked in test_report; here: the job writes every one of them.
+# The names themselves are checked in tests/ml/report/test_writer.py; here: the job writes them all.
 REPORT_FILES = {
     report.REPORT_JSON,
     report.COMPARISONS_CSV,
