@@ -29,7 +29,7 @@ import torch
 from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.ml import data
 from flan_t5_detox.ml.adapters import load_merged, read_lora_config
-from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, decode, generate
+from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, detokenize, generate
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.ppo import DetoxTrainer
@@ -366,7 +366,7 @@ def ours_eval(w: Workload) -> dict:
     with Timer(m, "generate"):
         responses = generate(summarizer, tokenizer, queries, [w.eval_new_tokens] * len(queries), sampling, 16)
     with Timer(m, "reward"):
-        texts = [reward_text(p, r) for p, r in zip(w.eval_prompts, decode(tokenizer, responses))]
+        texts = [reward_text(p, r) for p, r in zip(w.eval_prompts, detokenize(tokenizer, responses))]
         reward_model.score(texts).probabilities[:, reward_model.index_of("hate")]
     m.seconds["total"] = time.perf_counter() - start
     _lengths(m, tokenizer, queries, [r[1:] for r in responses], reward_model.tokenizer, texts)

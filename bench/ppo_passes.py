@@ -6,7 +6,8 @@ The bench's 16 prompts and forced budgets (109..392 tokens), on flan-t5-base sha
 policy `DetoxTrainer` builds:
 
 1. Training: trl's four mini-batches of four randomly drawn rows, forward + backward, each
-   mini-batch run as one padded batch (the old way) against rows in length groups (`ppo.length_groups`).
+   mini-batch run as one padded batch (the old way) against rows in length groups
+   (`trl_trainer.length_groups`).
 2. Scoring: the policy's no-grad pass over the batch, running its encoder (the old way) against
    taking the rollout's encoder states.
 """
@@ -19,10 +20,10 @@ from pathlib import Path
 import torch
 
 from flan_t5_detox.contract.settings import TrainConfig
-from flan_t5_detox.ml import ppo
+from flan_t5_detox.ml import ppo, trl_trainer
 from flan_t5_detox.ml.adapters import load_merged, read_lora_config
 from flan_t5_detox.ml.data import Example
-from flan_t5_detox.ml.generation import encode
+from flan_t5_detox.ml.generation import run_encoder
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.runtime import set_threads
@@ -64,7 +65,7 @@ def training(trainer, queries, responses, padding: float) -> float:
 
 def scoring(trainer, queries, responses, reuse: bool) -> float:
     inputs = trainer.trl.prepare_model_inputs(queries, responses)
-    states = encode(trainer.policy, trainer.tokenizer, queries)
+    states = run_encoder(trainer.policy, trainer.tokenizer, queries)
     start = time.perf_counter()
     with torch.no_grad():
         if reuse:
@@ -81,7 +82,7 @@ def main(repeats: int = 2) -> None:
     print(
         f"threads {threads}; responses {min(map(len, responses)) - 1}..{max(map(len, responses)) - 1} tokens"
     )
-    default = ppo.GROUP_PADDING
+    default = trl_trainer.GROUP_PADDING
     contenders = {
         "training, each mini-batch padded to its longest row": lambda: training(
             trainer, queries, responses, 1e9

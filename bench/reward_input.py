@@ -53,7 +53,7 @@ def main() -> None:
     responses = generation.generate(
         policy, tokenizer, rows, [60] * len(rows), generation.SamplingSettings(), 64
     )
-    texts = generation.decode(tokenizer, responses)
+    texts = generation.detokenize(tokenizer, responses)
     prompts = [e.prompt for e in test for _ in range(RESPONSES)]
     result = {"queries": len(test), "responses_per_query": RESPONSES}
     for reward_input in ("query_response", "response"):

@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +43,11 @@ class Snapshot:
     trainable: dict[str, torch.Tensor]
     optimizer: dict
     rng: dict
-    history: list[dict] = field(default_factory=list)  # the metrics of steps 1..step
+    history: list[dict]  # the metrics of steps 1..step
 
     def to_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "kl_coef": self.kl_coef,
-            "trainable": self.trainable,
-            "optimizer": self.optimizer,
-            "rng": self.rng,
-            "history": self.history,
-        }
+        """The fields by name, values shared (not copied): what `Snapshot(**d)` takes back."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def capture_rng(length_sampler_rng: np.random.RandomState) -> dict:
@@ -182,9 +176,7 @@ def _decode(source) -> Snapshot:
     except DamagedFile as exc:
         raise UnusableCheckpoint(f"it is damaged ({exc})") from exc
     try:
-        state = _unpack(json.loads(saved["meta"]), saved["tensors"])
-        state.pop("position", None)  # written by earlier versions; always equal to step
-        return Snapshot(**state)
+        return Snapshot(**_unpack(json.loads(saved["meta"]), saved["tensors"]))
     except Exception as exc:  # noqa: BLE001 - readable tensors, but not our layout
         raise UnusableCheckpoint(f"it is not a checkpoint of this job ({type(exc).__name__})") from exc
 

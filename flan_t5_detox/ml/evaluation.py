@@ -142,7 +142,7 @@ def generate_responses(
         responses += generation.generate(
             model, tokenizer, chunk, [config.max_new_tokens] * len(chunk), settings, row_seeds=seeds
         )
-    texts = generation.decode(tokenizer, responses)
+    texts = generation.detokenize(tokenizer, responses)
     # Response tokens without the decoder start token and the closing EOS.
     lengths = np.array([int((r[1:] != tokenizer.eos_token_id).sum()) for r in responses], dtype=float)
     return texts, lengths

@@ -76,7 +76,7 @@ def _seq2seq(model):
 
 
 @torch.no_grad()
-def encode(model, tokenizer, queries: list[torch.Tensor], batch_size: int = 0) -> list[torch.Tensor]:
+def run_encoder(model, tokenizer, queries: list[torch.Tensor], batch_size: int = 0) -> list[torch.Tensor]:
     """Each query's encoder states, (query length, d_model), in batches of `batch_size` (0 = all).
 
     Rows are right-padded within a batch and padding is masked, so a row's states do not
@@ -154,7 +154,7 @@ def generate(
 ) -> list[torch.Tensor]:
     """Sample one response per query (decoder start token first), in batches of `batch_size` (0 = all).
 
-    `encoder_states` (from `encode`, same model and queries) saves running the encoder again.
+    `encoder_states` (from `run_encoder`, same model and queries) saves running the encoder again.
     With `row_seeds`, query i samples from its own random stream, seeded `row_seeds[i]`: its
     response then depends on nothing else in the batch, not even on how long the others are."""
     seq2seq = _seq2seq(model)
@@ -165,7 +165,7 @@ def generate(
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         if encoder_states is None:
-            states = encode(model, tokenizer, chunk)
+            states = run_encoder(model, tokenizer, chunk)
         else:
             states = encoder_states[start : start + batch_size]
         responses.extend(
@@ -195,5 +195,6 @@ def _streams(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
-def decode(tokenizer, responses: list[torch.Tensor]) -> list[str]:
+def detokenize(tokenizer, responses: list[torch.Tensor]) -> list[str]:
+    """Each response's text, special tokens (decoder start, EOS) left out."""
     return tokenizer.batch_decode([r.tolist() for r in responses], skip_special_tokens=True)

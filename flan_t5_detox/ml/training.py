@@ -69,9 +69,6 @@ class TrainingRun:
         rebuilt whole, and steps past the checkpoint are redone."""
         world = self.trainer.world
         snapshot = checkpoint.latest(self.checkpoint_dir) if world.is_main else None
-        if snapshot is not None and not snapshot.history and snapshot.step:
-            # written before checkpoints carried the history
-            snapshot.history = [m for m in self.metrics.read() if m["step"] <= snapshot.step]
         shared = world.from_main(None if snapshot is None else checkpoint.to_bytes(snapshot))
         if shared is not None:
             snapshot = checkpoint.from_bytes(shared) if snapshot is None else snapshot

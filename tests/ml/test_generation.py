@@ -3,12 +3,13 @@ import torch
 from flan_t5_detox.ml.generation import (
     LengthSampler,
     SamplingSettings,
+    detokenize,
     draw_tokens,
-    encode,
     generate,
+    run_encoder,
     stream_seed,
 )
-from tests.helpers import eight_responses, tiny_config, tiny_trainer
+from tests.helpers import tiny_config, tiny_trainer
 
 
 def test_length_sampler_is_seeded_and_in_range():
@@ -32,26 +33,6 @@ def test_batched_generation_has_no_pads_after_eos_and_respects_budgets(tiny_mode
         assert eos not in body[:-1].tolist()  # EOS, if any, is last
 
 
-def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
-    """Padding must not leak: the same response gets the same per-token log-probs alone or in a batch."""
-    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=8))
-    queries, responses = eight_responses(trainer, seed=1)
-    assert len({len(r) for r in responses}) > 2 and len({len(q) for q in queries}) > 2  # real padding happens
-
-    def logprobs(qs, rs, fbs):
-        trainer.trl.config.mini_batch_size = fbs
-        inputs = trainer.trl.prepare_model_inputs(qs, rs)
-        with torch.no_grad():
-            lp, _, _, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs)
-        return [row[mask.bool()] for row, mask in zip(lp, masks)]
-
-    batched = logprobs(queries, responses, 8)
-    for i in range(8):
-        alone = logprobs([queries[i]], [responses[i]], 1)[0]
-        assert len(alone) == len(responses[i]) - 2  # trl scores tokens 2..n of a seq2seq response
-        torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
-
-
 def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token():
 
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
@@ -64,14 +45,14 @@ def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token(
 
 
 def test_encoder_states_computed_once_give_the_same_responses(tiny_models):
-    """`encode` then `generate(encoder_states=...)`, as a PPO step does, samples exactly what
+    """`run_encoder` then `generate(encoder_states=...)`, as a PPO step does, samples exactly what
     `generate` samples with its own encoder pass, in one batch or several."""
     trainer = tiny_trainer(tiny_models, tiny_config())
     queries, budgets = trainer.query_ids[:6], [9, 4, 12, 7, 12, 5]
     for batch_size in (0, 4):
         torch.manual_seed(0)
         own = generate(trainer.policy, trainer.tokenizer, queries, budgets, SamplingSettings(), batch_size)
-        states = encode(trainer.policy, trainer.tokenizer, queries, batch_size)
+        states = run_encoder(trainer.policy, trainer.tokenizer, queries, batch_size)
         assert [len(s) for s in states] == [len(q) for q in queries]
         torch.manual_seed(0)
         given = generate(
@@ -99,3 +80,15 @@ def test_with_row_seeds_a_response_depends_on_nothing_else_in_its_batch(tiny_mod
     assert torch.equal(sample(0, rows=[4])[0], whole[4])
     assert len({tuple(r.tolist()) for r in whole}) > 1  # the streams differ from row to row
     assert stream_seed(42, 1, 2) != stream_seed(42, 2, 1)
+
+
+def test_detokenize_gives_each_response_its_text_without_special_tokens(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    tokenizer = trainer.tokenizer
+    texts = ["the heater is repaired", "see you on Wednesday"]
+    bodies = [tokenizer(t).input_ids for t in texts]  # each ends with EOS
+    assert all(b[-1] == tokenizer.eos_token_id for b in bodies)
+    responses = [torch.tensor([tokenizer.pad_token_id, *b]) for b in bodies]  # decoder start first
+    texts = detokenize(tokenizer, responses)
+    assert texts == [tokenizer.decode(b[:-1]) for b in bodies]
+    assert all(t and "<pad>" not in t and "</s>" not in t for t in texts)

@@ -7,7 +7,7 @@ from flan_t5_detox.contract.paths import ADAPTER_WEIGHTS
 from flan_t5_detox.ml.adapters import load_merged, read_lora_config
 from flan_t5_detox.ml.generation import LengthSampler, SamplingSettings, generate
 from flan_t5_detox.ml.policy import build_policy, disable_dropout
-from flan_t5_detox.ml.ppo import ppo_config
+from flan_t5_detox.ml.trl_trainer import ppo_config
 from tests.helpers import tiny_config, tiny_trainer
 
 

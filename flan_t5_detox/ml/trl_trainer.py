@@ -1,0 +1,250 @@
+"""trl's PPOTrainer with trimmed forward passes and a data-parallel PPO step (`TrimmedPPOTrainer`),
+and trl's settings for one process of a run (`ppo_config`).
+
+The maths of the loss is in `ppo_loss`; the loop that rolls out, scores and calls `ppo_step` is
+`ppo.DetoxTrainer`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+from trl import PPOConfig, PPOTrainer
+from trl.core import entropy_from_logits
+
+from flan_t5_detox.contract.settings import TrainConfig
+from flan_t5_detox.fast.logprobs import chosen_logprobs
+from flan_t5_detox.ml.distributed import World
+from flan_t5_detox.ml.generation import pad_states
+from flan_t5_detox.ml.ppo_loss import ppo_loss
+
+
+def ppo_config(config: TrainConfig, world: World = World()) -> PPOConfig:
+    """trl's settings for one process: its batch and mini-batch are its shares of the global ones."""
+    return PPOConfig(
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size // world.size,
+        mini_batch_size=config.mini_batch_size // world.size,
+        ppo_epochs=config.ppo_epochs,
+        init_kl_coef=config.init_kl_coef,
+        adap_kl_ctrl=config.adap_kl_ctrl,
+        target=config.kl_target,
+        horizon=config.kl_horizon,
+        cliprange=config.cliprange,
+        cliprange_value=config.cliprange_value,
+        vf_coef=config.vf_coef,
+        gamma=config.gamma,
+        lam=config.lam,
+        max_grad_norm=config.max_grad_norm or None,
+        seed=config.seed,
+        optimize_cuda_cache=False,
+    )
+
+
+# A group may carry this much padding: a separate forward pass costs a fixed overhead and
+# slightly smaller GEMMs, a padded token its full share of the work.
+GROUP_PADDING = 0.1
+
+
+class TrimmedPPOTrainer(PPOTrainer):
+    """trl's PPOTrainer, with its forward passes done without padding or full-vocabulary copies,
+    and its step run data-parallel on global statistics (`ppo_step`, `loss`).
+
+    Same outputs as trl's `batched_forward_pass` (log-probs, values, masks, with trl's
+    encoder-decoder masking: the first response token and the last position are masked), but:
+    - rows run in groups of similar length, each group at its own length (trl pads the whole
+      batch, or a training mini-batch of randomly drawn rows, to its longest query and
+      response: with budgets of 100..400 tokens about a third of the work is padding). See
+      `length_groups`. Padding is on the right and masked, rows never interact, and results
+      come back in the caller's order and width; a training mini-batch is still one loss
+      and one backward over all its rows;
+    - the policy's scoring pass takes the rollout's encoder states (`reusing_encoder_states`)
+      instead of running the encoder again: same weights, same queries. The reference pass
+      (adapter off: the LoRA is on the encoder too) and training passes run the encoder;
+    - log-probs and the entropy come from `logprobs.chosen_logprobs`, not from a full
+      log-softmax (and, for the entropy statistic, three more full-vocabulary passes in
+      `loss`). In the slot where trl returns the logits, training passes get the per-token
+      entropy, which `loss` reports as `policy/entropy`.
+
+    `world`: the processes the step's statistics are reduced over. `group_padding`: a length
+    group's padding at most, as a share of its real tokens.
+    """
+
+    def __init__(self, *args, world: World = World(), group_padding: float = GROUP_PADDING, **kwargs):
+        self.world = world
+        self.group_padding = group_padding
+        # The rollout's queries and encoder states until the scoring pass takes them, else None.
+        self.pending_states: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def reusing_encoder_states(self, queries: list[torch.Tensor], states: list[torch.Tensor]):
+        """Within this block, the first no-grad pass of the policy over these queries (trl's
+        scoring pass, before any update) takes these encoder states, computed by the policy as
+        it is now. They are used up by that pass: later passes, after updates, run the encoder."""
+        self.pending_states = (queries, states)
+        try:
+            yield
+        finally:
+            self.pending_states = None
+
+    def _rollout_states(self, model, rows: list[tuple[int, torch.Tensor]], length: int):
+        """The rollout's encoder states for these (batch position, query) rows, padded to `length`
+        (trl scores the batch in the rollout's order), or None where they may differ: with
+        grad, with the adapter off, or for other queries."""
+        if self.pending_states is None or torch.is_grad_enabled():
+            return None
+        if any(getattr(module, "disable_adapters", False) for module in model.modules()):
+            return None
+        rollout_queries, states = self.pending_states
+        found = []
+        for i, query in rows:
+            if i >= len(rollout_queries) or not torch.equal(query, rollout_queries[i]):
+                return None
+            found.append(states[i])
+        return pad_states(found, length)
+
+    def batched_forward_pass(self, model, queries, responses, model_inputs, return_logits=False):
+        if self.tokenizer.padding_side != "right" or "decoder_input_ids" not in model_inputs:
+            return super().batched_forward_pass(model, queries, responses, model_inputs, return_logits)
+        width = model_inputs["decoder_input_ids"].shape[1] - 1  # trl's outputs drop the last position
+        order = sorted(range(len(queries)), key=lambda i: (len(responses[i]), len(queries[i])))
+        parts, reused = [], False
+        for rows in length_groups(
+            [(len(queries[i]), len(responses[i])) for i in order],
+            self.config.mini_batch_size,
+            self.group_padding,
+        ):
+            rows = [order[i] for i in rows]
+            inputs = _trim_padding({k: v[rows] for k, v in model_inputs.items()})
+            length = inputs["attention_mask"].shape[1]
+            encoded = self._rollout_states(model, [(i, queries[i]) for i in rows], length)
+            reused = reused or encoded is not None
+            part = _seq2seq_forward(model, inputs, return_logits, encoded)
+            parts.append([None if t is None else _pad_to(t, width) for t in part])
+        if reused:  # one pass only: the next no-grad pass may come after an update
+            self.pending_states = None
+        back = torch.tensor(order).argsort()  # to the caller's row order
+        logprobs, entropy, values, masks = (
+            None if ts[0] is None else torch.cat(ts)[back] for ts in zip(*parts)
+        )
+        return logprobs, entropy, values, masks
+
+    def loss(self, old_logprobs, values, rewards, logits, vpreds, logprobs, mask):
+        # In the slot of the logits, our forward passes hand over the per-token entropy.
+        entropy = entropy_from_logits(logits) if logits.dim() == 3 else logits
+        return ppo_loss(
+            self.config, self.world, old_logprobs, values, rewards, entropy, vpreds, logprobs, mask
+        )
+
+    def ppo_step(
+        self,
+        queries: list[torch.Tensor],
+        responses: list[torch.Tensor],
+        scores: torch.Tensor,
+        epochs: list[list[list[int]]],
+    ) -> dict[str, float]:
+        """trl's PPO step (scoring and reference passes, KL-penalised rewards, mini-batch updates
+        through `train_minibatch`, the KL controller) on this process's rows, with statistics over
+        the global batch. `epochs`: for each PPO epoch, the rows of each of its mini-batches (see
+        `minibatches.StepPlan`). trl's own `step` draws its mini-batches from torch's global
+        generator and, on CPUs, reduces nothing across processes."""
+        inputs = self.prepare_model_inputs(queries, responses)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            logprobs, _, values, masks = self.batched_forward_pass(self.model, queries, responses, inputs)
+            with unwrapped.pretrained_model.disable_adapter():
+                ref_logprobs, _, _, _ = self.batched_forward_pass(self.model, queries, responses, inputs)
+        kl_coef = self.kl_ctl.value
+        rewards, _ = self.compute_rewards(list(scores), logprobs, ref_logprobs, masks)
+        logprobs, values = logprobs.float(), values.float()
+
+        stats = []
+        for minibatches in epochs:
+            for rows in minibatches:
+                part = {name: tensor[rows] for name, tensor in inputs.items()}
+                new_logprobs, entropy, vpreds, _ = self.batched_forward_pass(
+                    self.model, [queries[i] for i in rows], [responses[i] for i in rows], part, True
+                )
+                stats.append(
+                    self.train_minibatch(
+                        logprobs[rows],
+                        values[rows],
+                        rewards[rows],
+                        new_logprobs,
+                        entropy,
+                        vpreds,
+                        masks[rows],
+                    )
+                )
+        global_rows = len(queries) * self.world.size
+        kl = float(self.world.sum(((logprobs - ref_logprobs) * masks).sum())) / global_rows
+        self.kl_ctl.update(kl, global_rows)
+        means = {
+            name: float(torch.stack([s[name] for s in stats]).float().mean())
+            for name, value in stats[0].items()
+            if value.numel() == 1
+        }
+        return {"objective/kl": kl, "objective/kl_coef": kl_coef, **means}
+
+
+def length_groups(
+    lengths: list[tuple[int, int]], max_rows: int, padding: float = GROUP_PADDING
+) -> list[list[int]]:
+    """Consecutive runs of `lengths` ((query, response) tokens, sorted by response length), each
+    run at most `max_rows` long and padded to its longest query and response by at most
+    `padding` of its real tokens. Returns the index lists."""
+    groups: list[list[int]] = []
+    for i in range(len(lengths)):
+        rows = groups[-1] + [i] if groups else []
+        if rows and len(rows) <= max_rows and _padded(lengths, rows) <= (1 + padding) * _real(lengths, rows):
+            groups[-1] = rows
+        else:
+            groups.append([i])
+    return groups
+
+
+def _padded(lengths: list[tuple[int, int]], rows: list[int]) -> int:
+    return len(rows) * (max(lengths[j][0] for j in rows) + max(lengths[j][1] for j in rows))
+
+
+def _real(lengths: list[tuple[int, int]], rows: list[int]) -> int:
+    return sum(lengths[j][0] + lengths[j][1] for j in rows)
+
+
+def _seq2seq_forward(model, inputs: dict[str, torch.Tensor], with_entropy: bool, encoded=None):
+    """One right-padded mini-batch: (log-probs, entropy or None, values, masks), each (rows, length - 1).
+    `encoded`: the rows' encoder states, if already known."""
+    tokens, attention = inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
+    lengths = attention.sum(1)
+    if int(lengths.min()) < 4:
+        raise ValueError("Responses are too short: PPO needs at least 3 tokens after the decoder start.")
+    if encoded is not None:
+        inputs = {**inputs, "encoder_outputs": BaseModelOutput(last_hidden_state=encoded)}
+    logits, _, values = model(**inputs)
+    logprobs, entropy = chosen_logprobs(logits, tokens[:, 1:], with_entropy)
+    # trl's masks for encoder-decoder models: position t predicts token t + 1; positions
+    # 1 .. (decoder length - 2) count, so the first response token is never trained on.
+    positions = torch.arange(tokens.shape[1] - 1)
+    masks = ((positions >= 1) & (positions < (lengths - 1)[:, None])).to(attention.dtype)
+    return logprobs, entropy, values[:, :-1], masks
+
+
+def _trim_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the right-padding columns every row of this mini-batch has."""
+    enc = int(inputs["attention_mask"].sum(1).max())
+    dec = int(inputs["decoder_attention_mask"].sum(1).max())
+    trimmed = {}
+    for key, value in inputs.items():
+        trimmed[key] = value[:, : dec if key.startswith("decoder_") else enc]
+    return trimmed
+
+
+def _pad_to(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad dim 1 with zeros (masked positions, as trl's own padding)."""
+    if tensor.shape[1] == width:
+        return tensor
+    pad = [0, 0] * (tensor.dim() - 2) + [0, width - tensor.shape[1]]
+    return torch.nn.functional.pad(tensor, pad)

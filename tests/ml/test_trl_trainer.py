@@ -1,0 +1,196 @@
+"""The trl subclass (`trl_trainer.TrimmedPPOTrainer`): trimmed forward passes and loss equal trl's
+own, the rollout's encoder states are reused by the scoring pass only, and `ppo_config` gives each
+process its share of the global batch."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from flan_t5_detox.contract.settings import TrainConfig
+from flan_t5_detox.ml.distributed import World
+from flan_t5_detox.ml.generation import run_encoder
+from flan_t5_detox.ml.trl_trainer import GROUP_PADDING, length_groups, ppo_config
+from tests.helpers import eight_responses, tiny_config, tiny_trainer
+
+
+def test_ppo_config_gives_each_process_its_share_of_the_global_batch():
+    config = TrainConfig(batch_size=16, mini_batch_size=8, learning_rate=2e-4, seed=5)
+    one, two = ppo_config(config), ppo_config(config, World(rank=1, size=2))
+    assert (one.batch_size, one.mini_batch_size) == (16, 8)
+    assert (two.batch_size, two.mini_batch_size) == (8, 4)
+    assert one.learning_rate == two.learning_rate == 2e-4 and one.seed == two.seed == 5
+
+
+def test_world_and_group_padding_are_the_trainers_own(tiny_models):
+    """Given at construction, held per trainer: two trainers never share them."""
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    assert trainer.trl.world is trainer.world and trainer.trl.group_padding == GROUP_PADDING
+    other = tiny_trainer(tiny_models, tiny_config())
+    other.trl.group_padding = 0.0
+    assert trainer.trl.group_padding == GROUP_PADDING
+    assert "world" not in type(trainer.trl).__dict__ and "group_padding" not in type(trainer.trl).__dict__
+
+
+def test_length_groups_bound_rows_and_padding():
+    lengths = [(10, 100), (12, 104), (10, 106), (10, 300), (10, 300), (10, 300), (10, 300), (10, 300)]
+    groups = length_groups(lengths, max_rows=4)
+    assert groups == [[0, 1, 2], [3, 4, 5, 6], [7]]
+    for group in groups:
+        padded = len(group) * (max(lengths[i][0] for i in group) + max(lengths[i][1] for i in group))
+        assert padded <= 1.1 * sum(sum(lengths[i]) for i in group)
+    assert length_groups(lengths, max_rows=1) == [[i] for i in range(8)]
+    # the padding a short query would take on next to a long one counts too
+    assert length_groups([(10, 100), (60, 100)], max_rows=4) == [[0], [1]]
+
+
+# 0: every row alone; 10: whole mini-batches, as trl groups them
+GROUPINGS = pytest.mark.parametrize("padding", [0.0, 10.0])
+
+
+@GROUPINGS
+def test_trimmed_forward_passes_equal_trl_own(tiny_models, padding):
+    """Same log-probs, values and masks as trl's padded passes, for the scoring passes (whole
+    batch, several mini-batches) and a training pass (one mini-batch); where trl returns the
+    logits, the training pass returns their per-token entropy. Rows alone or grouped."""
+    from trl import PPOTrainer
+    from trl.core import entropy_from_logits
+
+    trainer, queries, responses, padded = _batch_of_eight(tiny_models)
+    trainer.trl.group_padding = padding
+    for rows in (list(range(8)), [6, 0, 2, 7]):  # the mini-batch holds none of the longest responses
+        qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
+        inputs = {k: v[rows] for k, v in padded.items()}
+        with torch.no_grad():
+            args = (trainer.policy, qs, rs, inputs)
+            ours = trainer.trl.batched_forward_pass(*args, return_logits=True)
+            trls = PPOTrainer.batched_forward_pass(trainer.trl, *args, return_logits=True)
+        mask = trls[3].bool()
+        assert torch.equal(ours[3], trls[3])
+        expected = (trls[0], entropy_from_logits(trls[1]), trls[2])
+        for a, b in zip(ours[:3], expected):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=1e-5)
+
+
+@GROUPINGS
+def test_loss_and_gradients_equal_trl_own(tiny_models, padding):
+    """One training mini-batch through our pass + loss and through trl's: the same losses,
+    statistics (entropy included) and gradients, whether its rows run alone or together (on
+    one process, where our global means are trl's masked means)."""
+    from trl import PPOTrainer
+
+    trainer, queries, responses, padded = _batch_of_eight(tiny_models)
+    trainer.trl.group_padding = padding
+    rows = [1, 4, 5, 3]
+    qs, rs = [queries[i] for i in rows], [responses[i] for i in rows]
+    inputs = {k: v[rows] for k, v in padded.items()}
+    with torch.no_grad():
+        old_logprobs, _, values, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs)
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.randn(values.shape, generator=generator) * masks
+    old_logprobs = old_logprobs + 0.05 * torch.randn(values.shape, generator=generator)  # ratio != 1
+    results = []
+    for forward, loss in (
+        (trainer.trl.batched_forward_pass, trainer.trl.loss),
+        (partial(PPOTrainer.batched_forward_pass, trainer.trl), partial(PPOTrainer.loss, trainer.trl)),
+    ):
+        trainer.policy.zero_grad()
+        logprobs, logits, vpreds, _ = forward(trainer.policy, qs, rs, inputs, return_logits=True)
+        policy_loss, value_loss, stats = loss(old_logprobs, values, rewards, logits, vpreds, logprobs, masks)
+        (policy_loss + value_loss).backward()
+        grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
+        results.append((policy_loss, value_loss, stats, grads))
+    (ours_p, ours_v, ours_stats, ours_grads), (trl_p, trl_v, trl_stats, trl_grads) = results
+    torch.testing.assert_close(ours_p, trl_p)
+    torch.testing.assert_close(ours_v, trl_v)
+    assert ours_stats.keys() == trl_stats.keys()
+    for key in trl_stats:
+        ours_stat, trl_stat = ours_stats[key].double(), trl_stats[key].double()
+        if key == "policy/ratio":  # per position, padding included: only the masked-in ones mean anything
+            ours_stat, trl_stat = ours_stat[masks.bool()], trl_stat[masks.bool()]
+        torch.testing.assert_close(ours_stat, trl_stat, atol=1e-5, rtol=1e-4, msg=key)
+    assert ours_grads.keys() == trl_grads.keys() and len(trl_grads) > 0
+    for name in trl_grads:
+        torch.testing.assert_close(ours_grads[name], trl_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_policy_scoring_reuses_the_rollout_encoder_states_and_nothing_else_does(tiny_models):
+    """Inside `reusing_encoder_states`, the policy's first no-grad pass takes the given states
+    (true states: the same outputs; zeroed states: different ones, so they were used), while
+    the reference pass (adapter off), a training pass (grad) and a second policy pass (it
+    could follow an update) still run the encoder."""
+    trainer, queries, responses, padded = _batch_of_eight(tiny_models)
+    pretrained = trainer.policy.pretrained_model
+
+    def passes(given=None):
+        def run(grad=False, adapter=True):
+            with torch.set_grad_enabled(grad):
+                if adapter:
+                    out = trainer.trl.batched_forward_pass(trainer.policy, queries, responses, padded)
+                else:
+                    with pretrained.disable_adapter():
+                        out = trainer.trl.batched_forward_pass(trainer.policy, queries, responses, padded)
+            return [None if t is None else t.detach() for t in out]
+
+        if given is None:
+            return run(), run(adapter=False), run(grad=True), run()
+        with trainer.trl.reusing_encoder_states(queries, given):
+            return run(), run(adapter=False), run(grad=True), run()
+
+    with torch.no_grad():  # a trained-looking detox adapter: with it off, the encoder differs
+        for name, param in pretrained.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    states = run_encoder(trainer.policy, trainer.tokenizer, queries)
+    zeroed = [torch.zeros_like(s) for s in states]
+    plain, reused, wrong = passes(), passes(states), passes(zeroed)
+    mask = plain[0][3].bool()
+    for a, b in zip(plain, reused):  # every pass: the same outputs
+        torch.testing.assert_close(a[0][mask], b[0][mask], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a[2][mask], b[2][mask], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(wrong[0][0][mask], plain[0][0][mask], atol=1e-3)  # the states were used
+    for i in (1, 2, 3):  # not by the reference pass, nor with grad, nor by a second policy pass
+        torch.testing.assert_close(wrong[i][0][mask], plain[i][0][mask], atol=1e-5, rtol=1e-5)
+    assert trainer.trl.pending_states is None  # the block ends the reuse
+
+
+def _batch_of_eight(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
+    queries, responses = eight_responses(trainer, seed=3)
+    padded = trainer.trl.prepare_model_inputs(queries, responses)  # as trl's step: the batch's width
+    return trainer, queries, responses, padded
+
+
+def test_too_short_responses_are_refused_before_any_forward(tiny_models):
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=4))
+    queries = trainer.query_ids[:4]
+    responses = [
+        torch.tensor([0, 5, 6, 1]),
+        torch.tensor([0, 7, 1]),
+        torch.tensor([0, 8, 9, 1]),
+        torch.tensor([0, 4, 4, 1]),
+    ]
+    inputs = trainer.trl.prepare_model_inputs(queries, responses)
+    with pytest.raises(ValueError, match="too short"):
+        trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs)
+
+
+def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
+    """Padding must not leak: the same response gets the same per-token log-probs alone or in a batch."""
+    trainer = tiny_trainer(tiny_models, tiny_config(batch_size=8, mini_batch_size=8))
+    queries, responses = eight_responses(trainer, seed=1)
+    assert len({len(r) for r in responses}) > 2 and len({len(q) for q in queries}) > 2  # real padding happens
+
+    def logprobs(qs, rs, fbs):
+        trainer.trl.config.mini_batch_size = fbs
+        inputs = trainer.trl.prepare_model_inputs(qs, rs)
+        with torch.no_grad():
+            lp, _, _, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs)
+        return [row[mask.bool()] for row, mask in zip(lp, masks)]
+
+    batched = logprobs(queries, responses, 8)
+    for i in range(8):
+        alone = logprobs([queries[i]], [responses[i]], 1)[0]
+        assert len(alone) == len(responses[i]) - 2  # trl scores tokens 2..n of a seq2seq response
+        torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
