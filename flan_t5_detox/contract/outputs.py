@@ -12,8 +12,8 @@ from flan_t5_detox.contract.failure import JobInputError
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Fail now, before any model loads, if `folder` cannot take the job's results (and, since
-    results are staged beside it, if its parent cannot take a staging folder)."""
+    """Fail now, before any model loads, if `folder` cannot take the job's results, or its parent
+    a staging folder: results are staged in the folder or beside it (see `publish`)."""
     for place in (folder.parent, folder):
         try:
             place.mkdir(parents=True, exist_ok=True)
@@ -30,8 +30,9 @@ def check_writable(folder: Path, what: str) -> None:
 def publish(staging: Path, target: Path) -> None:
     """Move every entry of `staging` into `target` (replacing same-named ones), then drop `staging`.
 
-    Everything is written to `staging` first, beside `target` on the same file system, so each
-    move is a rename and `target` never holds half of a result. If a move fails, the staging
+    Everything is written to `staging` first, on the same file system as `target` (beside it, or
+    inside it where only that folder is mounted), so each move is a rename and `target` never
+    holds half of a result. If a move fails, the staging
     folder is removed and the failure is reported as a `JobInputError` naming `target`."""
     try:
         target.mkdir(parents=True, exist_ok=True)
