@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from flan_t5_detox.contract.cluster import free_port
+from flan_t5_detox.contract.hosts import host_names
 from flan_t5_detox.contract.layout import write_training_layout
 from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.fixtures.embedded import embedded_default
@@ -84,7 +85,7 @@ def _run(work: Path, name: str, hosts: int, batch: int, steps: int) -> dict:
         "reward_model": models.reward_model,
         "dataset": SAMPLE_DATASET,
     }
-    names = [f"algo-{i + 1}" for i in range(hosts)]
+    names = host_names(hosts)
     roots = [
         write_training_layout(
             work / f"{name}-{host}", channels, _settings(batch, steps), "local", "link", names, host

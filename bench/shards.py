@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from flan_t5_detox.contract.hosts import host_name, host_names
 from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
 from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.fixtures.embedded import embedded_default
@@ -37,7 +38,7 @@ SETTINGS = ["--dtype", "float32", "--num-threads", "1", "--bootstrap-samples", "
 
 def _layout(root: Path, inputs: dict, host: str, hosts: int) -> Path:
     root = write_processing_layout(root, inputs)
-    names = [f"algo-{i + 1}" for i in range(hosts)]
+    names = host_names(hosts)
     (root / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": names}))
     return root
 
@@ -56,7 +57,7 @@ def _wait(job: subprocess.Popen, root: Path) -> None:
 
 
 def one_host(work: Path, inputs: dict, samples: int, name: str) -> float:
-    root = _layout(work / name, inputs, "algo-1", 1)
+    root = _layout(work / name, inputs, host_name(0), 1)
     started = time.perf_counter()
     _wait(_start(root, samples), root)
     return time.perf_counter() - started
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     inputs = {**channels, "detoxified": trained / "model"}
 
     first = one_host(work, inputs, args.samples, "one-a")
-    roots = [_layout(work / f"two-{h}", inputs, f"algo-{h}", 2) for h in (1, 2)]
+    roots = [_layout(work / f"two-{h + 1}", inputs, host_name(h), 2) for h in range(2)]
     started = time.perf_counter()
     jobs = [_start(root, 2 * args.samples) for root in roots]
     finished = []

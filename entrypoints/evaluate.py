@@ -161,10 +161,10 @@ def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -
         sources={
             "base_model": evaluation.describe_source(inputs.base_model),
             "before_adapter": evaluation.describe_source(
-                inputs.before_adapter, inputs.origins["before_adapter"]
+                inputs.before_adapter, inputs.as_given["before_adapter"]
             ),
             "after_adapter": evaluation.describe_source(
-                inputs.after_adapter, inputs.origins["after_adapter"]
+                inputs.after_adapter, inputs.as_given["after_adapter"]
             ),
             "reward_model": evaluation.describe_source(inputs.reward_model),
         },

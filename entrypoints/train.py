@@ -98,7 +98,7 @@ def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> in
     # Run. Adapters kept along the way live beside the checkpoints, so a restarted job has them.
     started = time.time()
     metrics = MetricsLog(env.output_data_dir / METRICS_FILE)
-    provenance = adapters.Provenance(**inputs.origins, reward_label=config.reward_label)
+    provenance = adapters.Provenance(**inputs.provenance, reward_label=config.reward_label)
     kept = env.checkpoint_dir / adapters.STEPS_DIR
 
     def keep_adapter(step: int) -> None:

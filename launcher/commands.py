@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from flan_t5_detox.contract import s3
+from flan_t5_detox.contract.hosts import host_name, host_names
 from flan_t5_detox.contract.paths import EVAL_INPUTS, REPORT_OUTPUT
 
 from . import jobs, local_backend
@@ -227,7 +228,7 @@ def _local_hosts(options: Options, job: jobs.TrainJob, root: Path, client, dry_r
     /opt/ml (root/<host>); rank 0's (algo-1's) model/ and output/ are the job's."""
     if dry_run:
         raise LaunchError("--dry-run shows one job; a train job on several instances is one process per host")
-    hosts = [f"algo-{i + 1}" for i in range(job.resources.instance_count)]
+    hosts = host_names(job.resources.instance_count)
     runs = [local_backend.prepare_training(job, root / host, client, host) for host in hosts]
     print(f"{job.name}: {len(hosts)} hosts, /opt/ml layouts under {root}", file=out)
     started = time.monotonic()
@@ -248,7 +249,7 @@ def _local_sharded(options: Options, job: jobs.EvalJob, root: Path, client, out)
     parts = root / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     for index in range(job.resources.instance_count):
-        host = f"algo-{index + 1}"
+        host = host_name(index)
         run = local_backend.prepare_processing(job, root / host, client, host)
         print(f"{job.name} ({host}): /opt/ml layout at {run.root}", file=out)
         _run_local(run, job, options, client, out)

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flan_t5_detox.contract import layout, s3
+from flan_t5_detox.contract import s3
 from flan_t5_detox.contract.metrics import metric_definitions
 from flan_t5_detox.contract.paths import EVAL_INPUTS, REPORT_OUTPUT, TRAIN_CHANNELS
-from flan_t5_detox.contract.settings import EvalConfig, TrainConfig, parse_settings
+from flan_t5_detox.contract.settings import EvalConfig, encode_hyperparameters, parse_settings
 
 from .errors import LaunchError
 from .options import Options
@@ -79,12 +79,6 @@ class EvalJob:
     tags: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     entrypoint: list[str] = field(default_factory=lambda: list(EVALUATE_ENTRYPOINT))
-
-
-def encode_hyperparameters(values: dict) -> dict[str, str]:
-    """Validate against TrainConfig, then JSON-encode each given value (the job decodes JSON)."""
-    config = parse_settings(TrainConfig, values)
-    return layout.encode_hyperparameters({name: getattr(config, name) for name in values})
 
 
 def eval_arguments(values: dict) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flan_t5_detox.contract import cluster, layout, s3
+from flan_t5_detox.contract.hosts import host_names
 from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
 
 from .jobs import EvalJob, TrainJob
@@ -76,7 +77,7 @@ def prepare_training(job: TrainJob, root: Path, s3_client=None, host: str = layo
     """The layout of one host of `job` (`host` of `job.resources.instance_count`)."""
     paths = MlPaths(Path(root).resolve())
     run = LocalRun("train", job.name, paths, ["train"], checkpoint_s3_uri=job.checkpoint_s3_uri)
-    hosts = [f"algo-{i + 1}" for i in range(job.resources.instance_count)]
+    hosts = host_names(job.resources.instance_count)
     layout.write_training_config(
         paths,
         job.hyperparameters,

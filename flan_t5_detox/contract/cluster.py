@@ -1,9 +1,10 @@
 """Where the ranks of a data-parallel training job meet: torch.distributed's static `env://`
 rendezvous, built from the job's resource config as AWS's own training containers do.
 
-Host i of the sorted `hosts` is node rank i; rank 0 (the first process of `hosts[0]`) serves the
-rendezvous on port 7777; gloo talks over the job's network interface. `MASTER_ADDR` and
-`MASTER_PORT` already in the environment win (local runs, where the host names do not resolve).
+Host i of the sorted `hosts` is node rank i; rank 0 (the first process of the environment's
+`master_host`, the first sorted host) serves the rendezvous on port 7777; gloo talks over the
+job's network interface. `MASTER_ADDR` and `MASTER_PORT` already in the environment win (local
+runs, where the host names do not resolve).
 Torch-free: the launcher and the entrypoint's checks read it before anything heavy loads.
 """
 
@@ -56,13 +57,14 @@ def rendezvous(
     env: TrainingJobEnvironment, processes_per_host: int, process_env: Mapping[str, str]
 ) -> Rendezvous:
     """The rendezvous of this job's host, given the process environment it starts in."""
-    hosts = env.hosts
-    interface = process_env.get("GLOO_SOCKET_IFNAME", env.network_interface_name if len(hosts) > 1 else "")
+    # One host meets on loopback: its name need not resolve, and gloo needs no interface named.
+    several = len(env.hosts) > 1
+    interface = process_env.get("GLOO_SOCKET_IFNAME", env.network_interface_name if several else "")
     return Rendezvous(
-        master_addr=process_env.get("MASTER_ADDR", hosts[0] if len(hosts) > 1 else "127.0.0.1"),
+        master_addr=process_env.get("MASTER_ADDR", env.master_host if several else "127.0.0.1"),
         master_port=int(process_env.get("MASTER_PORT", MASTER_PORT)),
         node_rank=env.host_index,
-        nodes=len(hosts),
+        nodes=len(env.hosts),
         processes_per_host=processes_per_host,
         interface=interface,
     )

@@ -1,5 +1,9 @@
 """The job contract as the jobs read it: each job's whole environment parsed in one place into
-one typed object (paths in `paths.py`).
+one read-only object (paths in `paths.py`).
+
+Every field is read by a job: what a config file only helps to derive (the channel names of
+`inputdataconfig.json`, the processing request) is read here and not kept. The failure and message
+files are not fields: a job writes them through `MlPaths` even when its environment cannot be read.
 
 `SM_*` variables are set by the training toolkit, not by SageMaker; they are honoured when
 present (local runs), otherwise the files are read.
@@ -9,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.hosts import host_name
 from flan_t5_detox.contract.paths import ML_ROOT, MlPaths
 
 
@@ -35,6 +41,7 @@ def decode_hyperparameters(raw: dict[str, str]) -> dict[str, object]:
 
 
 def _read_json(path: Path, default):
+    """The JSON in `path`, `default` when there is no such file; malformed JSON is bad input."""
     if not path.is_file():
         return default
     try:
@@ -43,73 +50,66 @@ def _read_json(path: Path, default):
         raise JobInputError(f"{path} is not valid JSON: {exc}") from exc
 
 
-@dataclass
-class TrainingJobEnvironment:
+@dataclass(frozen=True, kw_only=True)
+class JobHosts:
+    """The hosts of a job, sorted as SageMaker lists them, and which of them this one is."""
+
+    current_host: str
+    hosts: tuple[str, ...]
+
+    @property
+    def host_index(self) -> int:
+        """This host's place in `hosts`: its node rank in data-parallel training, its shard of an
+        evaluation."""
+        if self.current_host not in self.hosts:
+            raise JobInputError(
+                f"resourceconfig.json: current_host {self.current_host!r} is not in hosts {list(self.hosts)}"
+            )
+        return self.hosts.index(self.current_host)
+
+
+def _read_hosts(resource_config: Mapping, current_default: str) -> dict[str, object]:
+    """`JobHosts`' fields from a resource config; without one, the job is one host."""
+    return {
+        "current_host": str(resource_config.get("current_host", current_default)),
+        "hosts": tuple(sorted(resource_config.get("hosts", [host_name(0)]))),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJobEnvironment(JobHosts):
     """Everything a training job reads from its container, as one typed object."""
 
     root: Path
     hyperparameters: dict[str, object]
     channels: dict[str, Path]
-    input_data_config: dict[str, dict]
-    resource_config: dict[str, object]
     checkpoint_dir: Path
     model_dir: Path
     output_data_dir: Path
-    failure_file: Path
-    current_host: str = "algo-1"
-    hosts: list[str] = field(default_factory=lambda: ["algo-1"])  # sorted, as SageMaker lists them
-    network_interface_name: str = ""  # the interface the hosts reach each other on
-    num_cpus: int = 1
+    network_interface_name: str  # the interface the hosts reach each other on; "" when not given
 
     @property
-    def host_index(self) -> int:
-        """This host's place in `hosts`: its node rank in data-parallel training."""
-        return _host_index(self.current_host, self.hosts)
+    def master_host(self) -> str:
+        """The host whose first process serves the rendezvous: the first of the sorted hosts, as
+        every host derives it alike."""
+        return self.hosts[0]
 
     @classmethod
-    def from_root(cls, root: Path | str = ML_ROOT, env: dict[str, str] | None = None):
+    def from_root(cls, root: Path | str = ML_ROOT, env: Mapping[str, str] | None = None):
         env = dict(os.environ if env is None else env)
-        root = Path(root)
-        paths = MlPaths(root)
-
-        if "SM_HPS" in env:  # the toolkit's variable holds values decoded already
-            hyperparameters = json.loads(env["SM_HPS"])
-        else:
-            hyperparameters = _read_json(paths.hyperparameters, {})
-        if not isinstance(hyperparameters, dict):
-            raise JobInputError("hyperparameters must be a JSON object of name -> value")
-        hyperparameters = decode_hyperparameters(hyperparameters)
-
-        input_data_config = _read_json(paths.input_data_config, {})
+        paths = MlPaths(Path(root))
         resource_config = _read_json(paths.resource_config, {})
         checkpoint_config = _read_json(paths.checkpoint_config, {})
-
-        data_dir = paths.data_dir
-        channels: dict[str, Path] = {}
-        names = set(input_data_config)
-        if data_dir.is_dir():
-            names |= {p.name for p in data_dir.iterdir() if p.is_dir()}
-        for name in sorted(names):
-            channels[name] = data_dir / name
-        for key, value in env.items():  # SM_CHANNEL_<NAME> overrides (local runs)
-            if key.startswith("SM_CHANNEL_") and key != "SM_CHANNELS":
-                channels[key[len("SM_CHANNEL_") :].lower()] = Path(value)
-
         checkpoint_dir = paths.local_path(checkpoint_config.get("LocalPath") or paths.checkpoints)
         return cls(
-            root=root,
-            hyperparameters=hyperparameters,
-            channels=channels,
-            input_data_config=input_data_config,
-            resource_config=resource_config,
+            root=paths.root,
+            hyperparameters=_read_hyperparameters(paths, env),
+            channels=_read_channels(paths, env),
             checkpoint_dir=Path(env.get("SM_CHECKPOINT_DIR", checkpoint_dir)),
             model_dir=Path(env.get("SM_MODEL_DIR", paths.model_dir)),
             output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", paths.output_data_dir)),
-            failure_file=paths.failure,
-            current_host=str(resource_config.get("current_host", env.get("SM_CURRENT_HOST", "algo-1"))),
-            hosts=sorted(resource_config.get("hosts", ["algo-1"])),
             network_interface_name=str(resource_config.get("network_interface_name", "")),
-            num_cpus=int(env.get("SM_NUM_CPUS", os.cpu_count() or 1)),
+            **_read_hosts(resource_config, env.get("SM_CURRENT_HOST", host_name(0))),
         )
 
     def channel(self, name: str) -> Path | None:
@@ -118,57 +118,55 @@ class TrainingJobEnvironment:
         return _given(self.channels.get(name), f"channel {name!r}")
 
 
-@dataclass
-class ProcessingJobEnvironment:
+def _read_hyperparameters(paths: MlPaths, env: Mapping[str, str]) -> dict[str, object]:
+    """The decoded hyperparameters: `SM_HPS` (decoded already by the toolkit) or the file."""
+    if "SM_HPS" in env:
+        hyperparameters = json.loads(env["SM_HPS"])
+    else:
+        hyperparameters = _read_json(paths.hyperparameters, {})
+    if not isinstance(hyperparameters, dict):
+        raise JobInputError("hyperparameters must be a JSON object of name -> value")
+    return decode_hyperparameters(hyperparameters)
+
+
+def _read_channels(paths: MlPaths, env: Mapping[str, str]) -> dict[str, Path]:
+    """Each channel's folder: those `inputdataconfig.json` names and those present under
+    input/data/, then `SM_CHANNEL_<NAME>` overrides (local runs)."""
+    names = set(_read_json(paths.input_data_config, {}))
+    if paths.data_dir.is_dir():
+        names |= {p.name for p in paths.data_dir.iterdir() if p.is_dir()}
+    channels = {name: paths.channel(name) for name in sorted(names)}
+    for key, value in env.items():
+        if key.startswith("SM_CHANNEL_") and key != "SM_CHANNELS":
+            channels[key[len("SM_CHANNEL_") :].lower()] = Path(value)
+    return channels
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessingJobEnvironment(JobHosts):
     """Everything a processing job reads from its container."""
 
     root: Path
     inputs: dict[str, Path]
     outputs: dict[str, Path]
-    job_config: dict[str, object]
-    message_file: Path
-    failure_file: Path
-    current_host: str = "algo-1"
-    hosts: list[str] = field(default_factory=lambda: ["algo-1"])  # sorted, as SageMaker lists them
-
-    @property
-    def host_index(self) -> int:
-        """This host's place in `hosts`: which shard of the work it does."""
-        return _host_index(self.current_host, self.hosts)
 
     @classmethod
     def from_root(cls, root: Path | str = ML_ROOT):
-        root = Path(root)
-        paths = MlPaths(root)
-        job_config = _read_json(paths.processing_job_config, {})
-        inputs: dict[str, Path] = {}
-        outputs: dict[str, Path] = {}
-        # The job config names where each input/output lives; fall back to the
-        # conventional folders when it is absent (local runs).
-        for item in job_config.get("ProcessingInputs", []) or []:
-            s3_input = item.get("S3Input") or {}
-            if s3_input.get("LocalPath"):
-                inputs[item["InputName"]] = paths.local_path(s3_input["LocalPath"])
-        outputs_cfg = (job_config.get("ProcessingOutputConfig") or {}).get("Outputs", []) or []
-        for item in outputs_cfg:
-            s3_output = item.get("S3Output") or {}
-            if s3_output.get("LocalPath"):
-                outputs[item["OutputName"]] = paths.local_path(s3_output["LocalPath"])
-        input_dir = paths.processing_input_dir
-        if input_dir.is_dir():
-            for path in input_dir.iterdir():
+        paths = MlPaths(Path(root))
+        # The job config names where each input/output lives; the conventional folders stand in
+        # when it is absent (local runs).
+        request = _read_json(paths.processing_job_config, {})
+        inputs = _local_paths(paths, request.get("ProcessingInputs"), "InputName", "S3Input")
+        if paths.processing_input_dir.is_dir():
+            for path in paths.processing_input_dir.iterdir():
                 if path.is_dir():
                     inputs.setdefault(path.name, path)
-        resource_config = _read_json(paths.processing_resource_config, {})
+        outputs_config = (request.get("ProcessingOutputConfig") or {}).get("Outputs")
         return cls(
-            root=root,
+            root=paths.root,
             inputs=inputs,
-            outputs=outputs,
-            job_config=job_config,
-            message_file=paths.message,
-            failure_file=paths.failure,
-            current_host=str(resource_config.get("current_host", "algo-1")),
-            hosts=sorted(resource_config.get("hosts", ["algo-1"])),
+            outputs=_local_paths(paths, outputs_config, "OutputName", "S3Output"),
+            **_read_hosts(_read_json(paths.processing_resource_config, {}), host_name(0)),
         )
 
     def input(self, name: str) -> Path | None:
@@ -179,13 +177,18 @@ class ProcessingJobEnvironment:
         return self.outputs.get(name, MlPaths(self.root).processing_output(name))
 
 
-def _host_index(current_host: str, hosts: list[str]) -> int:
-    if current_host not in hosts:
-        raise JobInputError(f"resourceconfig.json: current_host {current_host!r} is not in hosts {hosts}")
-    return hosts.index(current_host)
+def _local_paths(paths: MlPaths, items: list[dict] | None, name_key: str, s3_key: str) -> dict[str, Path]:
+    """Name -> local folder of the processing request's inputs or outputs that have a LocalPath."""
+    found = {}
+    for item in items or []:
+        local = (item.get(s3_key) or {}).get("LocalPath")
+        if local:
+            found[item[name_key]] = paths.local_path(local)
+    return found
 
 
 def _given(path: Path | None, what: str) -> Path | None:
+    """`path` if it exists, None if not; one that exists but is an empty folder is bad input."""
     if path is None or not path.exists():
         return None
     if path.is_dir() and not any(path.iterdir()):

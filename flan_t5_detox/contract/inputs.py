@@ -44,13 +44,14 @@ def peft_checkpoint_dir(channel: Path | None, s3_uri: str, scratch: Path | None 
 @dataclass
 class TrainingInputs:
     """Where a training run's models come from: each a folder (a channel) or a hub name, and
-    the summarization adapter's folder. `origins` says which, for the adapter's record."""
+    the summarization adapter's folder. `provenance` records which, for the adapter's record:
+    "channel:<name>" or the hub name (or S3 URI) the settings gave."""
 
     base_model: str
     reward_model: str
     peft_checkpoint: Path
     dataset: Path | None  # None: the hub dataset `dataset_name`
-    origins: dict[str, str]
+    provenance: dict[str, str]  # base_model, summarization_adapter, reward_model -> where from
 
 
 def training_inputs(
@@ -66,7 +67,7 @@ def training_inputs(
             env.channel("peft_checkpoint"), config.peft_checkpoint_s3_uri, scratch
         ),
         dataset=env.channel("dataset"),
-        origins={
+        provenance={
             "base_model": origin("base_model", config.base_model_name),
             "summarization_adapter": origin("peft_checkpoint", config.peft_checkpoint_s3_uri),
             "reward_model": origin("reward_model", config.reward_model_name),
@@ -77,7 +78,8 @@ def training_inputs(
 @dataclass
 class EvaluationInputs:
     """The evaluate job's inputs, each resolved to a folder (a SageMaker tarball is unpacked)
-    or a hub name; `origins` names what the user gave where that differs."""
+    or a hub name; `as_given` keeps the path the user gave of each adapter, which differs from
+    the folder used when a tarball was unpacked."""
 
     base_model: str
     reward_model: str
@@ -85,7 +87,7 @@ class EvaluationInputs:
     after_adapter: Path  # the train job's model/
     training_output: Path | None  # the train job's output/data/, for the PPO curves
     dataset: Path | None
-    origins: dict[str, Path]
+    as_given: dict[str, Path]  # before_adapter, after_adapter -> the input's path as given
 
 
 def evaluation_inputs(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> EvaluationInputs:
@@ -108,7 +110,7 @@ def evaluation_inputs(env: ProcessingJobEnvironment, config: EvalConfig, scratch
         if training_output is None
         else resolve_folder(training_output, METRICS_FILE, "input 'training_output'", scratch),
         dataset=env.input("dataset"),
-        origins={"before_adapter": before, "after_adapter": after},
+        as_given={"before_adapter": before, "after_adapter": after},
     )
 
 
@@ -120,7 +122,7 @@ def named_as_given(inputs: EvaluationInputs) -> Iterator[None]:
         yield
     except JobInputError as exc:
         message = str(exc)
-        for name, given in inputs.origins.items():
+        for name, given in inputs.as_given.items():
             unpacked = str(getattr(inputs, name))
             if unpacked != str(given):
                 message = message.replace(unpacked, f"{given} (unpacked)")

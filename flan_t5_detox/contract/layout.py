@@ -14,14 +14,11 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from flan_t5_detox.contract.hosts import host_name, host_names
 from flan_t5_detox.contract.paths import CONTAINER, REPORT_OUTPUT, MlPaths
+from flan_t5_detox.contract.settings import encode_hyperparameters
 
-HOST = "algo-1"
-
-
-def encode_hyperparameters(values: dict[str, object]) -> dict[str, str]:
-    """Each value JSON-encoded, as the SageMaker SDK sends them (the jobs decode JSON)."""
-    return {str(name): json.dumps(value) for name, value in values.items()}
+HOST = host_name(0)  # the one host of a one-instance job
 
 
 def _write_json(path: Path, data) -> None:
@@ -83,7 +80,7 @@ def write_training_config(
     """The four config files of a training job (of `current_host`, one of `hosts`), and its
     empty output folders.
 
-    `hyperparameters` is the string-to-string map as sent (see `encode_hyperparameters`)."""
+    `hyperparameters` is the string-to-string map as sent (see `settings.encode_hyperparameters`)."""
     _write_json(paths.hyperparameters, hyperparameters)
     input_config = {
         name: {
@@ -101,6 +98,25 @@ def write_training_config(
     _write_json(paths.checkpoint_config, checkpoint)
     for folder in (paths.model_dir, paths.output_data_dir, paths.checkpoints, paths.data_dir):
         folder.mkdir(parents=True, exist_ok=True)
+
+
+# What every processing input and output of the request states besides its name and places.
+S3_INPUT_OPTIONS = {
+    "S3DataType": "S3Prefix",
+    "S3InputMode": "File",
+    "S3DataDistributionType": "FullyReplicated",
+    "S3CompressionType": "None",
+}
+S3_OUTPUT_OPTIONS = {"S3UploadMode": "EndOfJob"}
+
+
+def _processing_entry(kind: str, name: str, uri: str, local_path: Path, options: dict) -> dict:
+    """One entry of the request's inputs or outputs (`kind` "Input" or "Output")."""
+    return {
+        f"{kind}Name": name,
+        "AppManaged": False,
+        f"S3{kind}": {"S3Uri": uri, "LocalPath": str(local_path), **options},
+    }
 
 
 def write_processing_config(
@@ -125,31 +141,12 @@ def write_processing_config(
     request = {
         "ProcessingJobName": job_name,
         "ProcessingInputs": [
-            {
-                "InputName": name,
-                "AppManaged": False,
-                "S3Input": {
-                    "S3Uri": uri,
-                    "LocalPath": str(CONTAINER.processing_input(name)),
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                    "S3DataDistributionType": "FullyReplicated",
-                    "S3CompressionType": "None",
-                },
-            }
+            _processing_entry("Input", name, uri, CONTAINER.processing_input(name), S3_INPUT_OPTIONS)
             for name, uri in inputs.items()
         ],
         "ProcessingOutputConfig": {
             "Outputs": [
-                {
-                    "OutputName": name,
-                    "AppManaged": False,
-                    "S3Output": {
-                        "S3Uri": uri,
-                        "LocalPath": str(CONTAINER.processing_output(name)),
-                        "S3UploadMode": "EndOfJob",
-                    },
-                }
+                _processing_entry("Output", name, uri, CONTAINER.processing_output(name), S3_OUTPUT_OPTIONS)
                 for name, uri in outputs.items()
             ]
         },
@@ -170,7 +167,7 @@ def write_processing_config(
         "RoleArn": role,
     }
     _write_json(paths.processing_job_config, request)
-    hosts = [f"algo-{i + 1}" for i in range(instance_count)]  # as SageMaker names them
+    hosts = host_names(instance_count)
     _write_json(paths.processing_resource_config, {"current_host": current_host, "hosts": hosts})
     for name in outputs:
         paths.processing_output(name).mkdir(parents=True, exist_ok=True)
@@ -187,11 +184,11 @@ def write_training_layout(
     current_host: str = HOST,
 ) -> Path:
     """A complete training-job folder (of `current_host`, one of `hosts`) with each channel's
-    local source placed in it."""
+    local source placed in it. `hyperparameters` are written as given, unchecked: the job itself
+    must reject bad ones, and tests lay out such jobs to show that it does."""
     paths = MlPaths(Path(root))
-    write_training_config(
-        paths, encode_hyperparameters(hyperparameters), channels, instance_type, "", hosts, current_host
-    )
+    sent = encode_hyperparameters(hyperparameters, check=False)
+    write_training_config(paths, sent, channels, instance_type, "", hosts, current_host)
     for name, source in channels.items():
         place(Path(source), paths.channel(name), how)
     return paths.root

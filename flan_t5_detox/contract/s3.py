@@ -100,7 +100,9 @@ def list_objects(uri: str, client=None) -> list[str]:
     return [k for k in keys if k.startswith(folder) and not k.endswith("/")]
 
 
-def _local_path(dest: Path, relative: str) -> Path:
+def download_target(dest: Path, relative: str) -> Path:
+    """Where the key `relative` (below the downloaded prefix) lands in `dest`; a key that would
+    land outside `dest` is refused."""
     parts = PurePosixPath(relative).parts
     if not parts or any(p in ("..", "") for p in parts) or PurePosixPath(relative).is_absolute():
         raise S3Error(f"refusing to write S3 key {relative!r} outside {dest}")
@@ -119,7 +121,7 @@ def download(uri: str, dest: Path | str, client=None) -> list[Path]:
     files = []
     for item in keys:
         relative = PurePosixPath(item).name if single else item[len(_folder(key)) :]
-        target = _local_path(dest, relative)
+        target = download_target(dest, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         with explained(f"s3://{bucket}/{item}"):
             client.download_file(bucket, item, str(target))

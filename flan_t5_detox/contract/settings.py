@@ -1,20 +1,27 @@
 """Job settings as typed dataclasses. Defaults are the lab notebook's values.
 
-Every field is a hyperparameter of the train job (or a setting of the evaluate
-job) under the same name. `parse_settings` turns decoded job values into the
-dataclass and rejects unknown names, ill-typed values and impossible
-combinations before any model loads. No torch import here.
+Every field is a hyperparameter of the train job (or a setting of the evaluate job) under the
+same name. Both jobs' settings are built from one shared part (`JobSettings`: the models, the
+data split, sampling and runtime), and each part checks its own rules:
+- a field's own rule is its spec (`setting(default, rule)`), checked by `validate` for every field;
+- a field's type drives its coercion (`coerce`) and, for floats, the finiteness check;
+- rules that tie fields together are each part's `combination_problems`.
+`parse_settings` turns decoded job values into the dataclass and rejects unknown names,
+ill-typed values and impossible combinations before any model loads. No torch import here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.rules import Rule, above, at_least, between, one_of
 
 DEFAULT_BASE_MODEL = "google/flan-t5-base"
 DEFAULT_DATASET = "knkarthick/dialogsum"
@@ -22,30 +29,58 @@ DEFAULT_REWARD_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
 # What the reward model reads of a rollout: the prompt and the response (the lab notebook's
 # choice), or the response alone (what the policy controls). See the README for the default.
 REWARD_INPUTS = ("response", "query_response")
+DTYPES = ("auto", "float32", "bfloat16")
 
 
-@dataclass
-class TrainConfig:
-    # Inputs used when the matching channel is absent.
+def setting(default, rule: Rule | None = None):
+    """A settings field with its default and the rule its value must keep."""
+    return field(default=default, metadata={"rule": rule})
+
+
+@dataclass(kw_only=True)
+class JobSettings:
+    """The settings the train and evaluate jobs share, under the same names and defaults."""
+
+    # Inputs used when the matching channel (or input) is absent.
     base_model_name: str = DEFAULT_BASE_MODEL
-    peft_checkpoint_s3_uri: str = ""
     dataset_name: str = DEFAULT_DATASET
     reward_model_name: str = DEFAULT_REWARD_MODEL
     reward_label: str = "nothate"  # the rewarded class, chosen by name, never by index
-    reward_input: str = "response"  # one of REWARD_INPUTS
+    reward_input: str = setting("response", one_of(REWARD_INPUTS))  # what the reward reads
 
     # Data (notebook: 200 < len(dialogue) <= 1000, 80/20 split without shuffle).
     input_min_text_length: int = 200
     input_max_text_length: int = 1000
-    test_size: float = 0.2
+    test_size: float = setting(0.2, between(0, 1))
+
+    # Sampling (notebook: top_k=0, top_p=1, min_length=5).
+    min_length: int = 5
+    top_k: int = setting(0, at_least(0, "0 = no top-k filtering"))
+    top_p: float = setting(1.0, between(0, 1, high_included=True))
+    seed: int = 42
+
+    # Runtime.
+    dtype: str = setting("auto", one_of(DTYPES))
+    num_threads: int = setting(0, at_least(0, "0 = one per CPU"))
+
+    def combination_problems(self) -> list[str]:
+        """What is wrong between fields, each with a reason the user can act on."""
+        if self.input_min_text_length >= self.input_max_text_length:
+            return ["input_min_text_length must be smaller than input_max_text_length"]
+        return []
+
+
+@dataclass(kw_only=True)
+class TrainConfig(JobSettings):
+    peft_checkpoint_s3_uri: str = ""  # the summarization adapter when no channel gives it
 
     # PPO (notebook values; trl's defaults where the notebook used them).
-    learning_rate: float = 1.41e-5
-    ppo_epochs: int = 1
-    mini_batch_size: int = 4
-    batch_size: int = 16
-    max_ppo_steps: int = 10
-    init_kl_coef: float = 0.2
+    learning_rate: float = setting(1.41e-5, above(0))
+    ppo_epochs: int = setting(1, at_least(1))
+    mini_batch_size: int = setting(4, at_least(1))
+    batch_size: int = setting(16, at_least(1))
+    max_ppo_steps: int = setting(10, at_least(1))
+    init_kl_coef: float = setting(0.2, at_least(0))
     adap_kl_ctrl: bool = True
     kl_target: float = 6.0
     kl_horizon: int = 10000
@@ -55,175 +90,163 @@ class TrainConfig:
     gamma: float = 1.0
     lam: float = 0.95
     max_grad_norm: float = 0.0  # 0 = no clipping (trl's default)
-    seed: int = 42
 
-    # Generation during rollouts (notebook: top_k=0, top_p=1, min_length=5, 100..400 new tokens).
-    output_min_length: int = 100
+    # Generation during rollouts (notebook: 100..400 new tokens).
+    output_min_length: int = setting(100, at_least(1))
     output_max_length: int = 400
-    min_length: int = 5
-    top_k: int = 0
-    top_p: float = 1.0
-    generation_batch_size: int = 0  # 0 = the whole PPO batch in one generate call
+    generation_batch_size: int = setting(0, at_least(0, "0 = the whole PPO batch in one generate call"))
 
     # Runtime.
-    dtype: str = "auto"  # auto | float32 | bfloat16
-    num_threads: int = 0  # 0 = one per available CPU
-    checkpoint_every: int = 1  # PPO steps between checkpoints; 0 = only on SIGTERM/end
-    save_adapter_every: int = 0  # keep the adapter every n PPO steps in model/steps/<n>/; 0 = never
-    max_kl: float = 100.0  # abort (with a report of the last good step) when mean KL exceeds this
+    checkpoint_every: int = setting(1, at_least(0, "0 = only on SIGTERM and at the end"))
+    save_adapter_every: int = setting(0, at_least(0, "0 = never"))  # kept in model/steps/<n>/
+    max_kl: float = setting(100.0, above(0))  # abort (reporting the last good step) above this mean KL
 
     # Data parallel (one process per host unless told otherwise; see contract/cluster.py).
-    processes_per_host: int = 1
-    collective_timeout: float = 600.0  # seconds a rank waits for its peers before the job fails
+    processes_per_host: int = setting(1, at_least(1))
+    collective_timeout: float = setting(600.0, above(0))  # seconds a rank waits for its peers
+
+    def combination_problems(self) -> list[str]:
+        problems = super().combination_problems()
+        batch, mini_batch = self.batch_size, self.mini_batch_size
+        if mini_batch >= 1 and batch % mini_batch:
+            problems.append(f"batch_size ({batch}) must be divisible by mini_batch_size ({mini_batch})")
+        if self.output_min_length > self.output_max_length:
+            problems.append("output_min_length must not exceed output_max_length")
+        if self.min_length < 4:
+            problems.append("min_length must be >= 4: trl's PPO step needs responses of at least 4 tokens")
+        if self.output_min_length < self.min_length:
+            problems.append("output_min_length must be >= min_length")
+        if self.peft_checkpoint_s3_uri and not self.peft_checkpoint_s3_uri.startswith("s3://"):
+            problems.append(
+                f"peft_checkpoint_s3_uri must start with s3://, got {self.peft_checkpoint_s3_uri!r}"
+            )
+        return problems
 
 
-@dataclass
-class EvalConfig:
-    base_model_name: str = DEFAULT_BASE_MODEL
-    dataset_name: str = DEFAULT_DATASET
-    reward_model_name: str = DEFAULT_REWARD_MODEL
-    reward_label: str = "nothate"
-    reward_input: str = "response"  # what the reward (and so the headline toxicity) reads
-    toxic_label: str = "hate"
-    input_min_text_length: int = 200
-    input_max_text_length: int = 1000
-    test_size: float = 0.2
-    num_samples: int = 500  # 0 = the whole test split
-    max_new_tokens: int = 100
-    min_length: int = 5
-    top_k: int = 0
-    top_p: float = 1.0
-    generation_batch_size: int = 16
-    seed: int = 42
-    bootstrap_samples: int = 10000
-    confidence: float = 0.95
+@dataclass(kw_only=True)
+class EvalConfig(JobSettings):
+    toxic_label: str = "hate"  # the class whose probability is the toxicity
+    num_samples: int = setting(500, at_least(0, "0 = the whole test split"))
+    max_new_tokens: int = setting(100, at_least(1))
+    generation_batch_size: int = setting(16, at_least(1))
+    bootstrap_samples: int = setting(10000, at_least(100))
+    confidence: float = setting(0.95, between(0, 1))
     examples_in_report: int = 5
-    dtype: str = "auto"
-    num_threads: int = 0
+
+    def combination_problems(self) -> list[str]:
+        problems = super().combination_problems()
+        if self.reward_label == self.toxic_label:
+            problems.append("reward_label and toxic_label must name different classes")
+        return problems
 
 
-_DTYPES = ("auto", "float32", "bfloat16")
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`name` quoted, with the closest of `known` suggested when one is close enough."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def _coerce(name: str, value: object, kind: type) -> object:
+# Each coercer returns the value as its field's type, or None when it cannot be read as one.
+# bool is an int to Python but never a number to a user, so no number field takes True.
+def _parsed(text: str, parse: Callable[[str], object]) -> object | None:
+    try:
+        return parse(text)
+    except ValueError:
+        return None
+
+
+def _to_bool(value: object) -> bool | None:
+    if isinstance(value, str):
+        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+            value.lower()
+        )
+    if isinstance(value, int) and value in (0, 1):  # True and False included
+        return bool(value)
+    return None
+
+
+def _to_int(value: object) -> int | None:
+    if isinstance(value, str):
+        return _parsed(value, int)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _to_float(value: object) -> float | None:
+    if isinstance(value, str):
+        return _parsed(value, float)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _to_str(value: object) -> str | None:
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+COERCERS: dict[type, Callable[[object], object]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+}
+
+
+def coerce(name: str, value: object, kind: type) -> object:
     """Coerce a decoded job value to the field's type, or say clearly why not."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-    elif kind is int:
-        if isinstance(value, bool):
-            pass
-        elif isinstance(value, int):
-            return value
-        elif isinstance(value, float) and value.is_integer():
-            return int(value)
-        elif isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise JobInputError(f"hyperparameter {name!r} must be {kind.__name__}, got {value!r}")
+    coerced = COERCERS[kind](value)
+    if coerced is None:
+        raise JobInputError(f"hyperparameter {name!r} must be {kind.__name__}, got {value!r}")
+    return coerced
 
 
-def _field_types(cls) -> dict[str, type]:
+def field_types(cls) -> dict[str, type]:
+    """Each field's name and type, in field order."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def parse_settings(cls, values: dict[str, object]):
     """Build `cls` from decoded values; unknown names and bad types are errors."""
-    types_by_name = _field_types(cls)
+    types_by_name = field_types(cls)
     unknown = sorted(set(values) - set(types_by_name))
     if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, types_by_name, n=1)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise JobInputError(
-            "unknown hyperparameter(s): " + ", ".join(hints) + ". Known: " + ", ".join(sorted(types_by_name))
+            "unknown hyperparameter(s): "
+            + ", ".join(did_you_mean(name, types_by_name) for name in unknown)
+            + ". Known: "
+            + ", ".join(sorted(types_by_name))
         )
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _coerce(name, value, types_by_name[name])
-    settings = cls(**kwargs)
+    settings = cls(**{name: coerce(name, value, types_by_name[name]) for name, value in values.items()})
     validate(settings)
     return settings
 
 
-def validate(settings) -> None:
-    """Reject impossible combinations with a reason the user can act on."""
+def field_problems(settings: JobSettings) -> list[str]:
+    """Each field against its type (floats must be finite) and its own rule."""
     problems = []
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{f.name} must be finite, got {value}")
-    if settings.dtype not in _DTYPES:
-        problems.append(f"dtype must be one of {', '.join(_DTYPES)}, got {settings.dtype!r}")
-    if settings.reward_input not in REWARD_INPUTS:
-        problems.append(
-            f"reward_input must be one of {', '.join(REWARD_INPUTS)}, got {settings.reward_input!r}"
-        )
-    if settings.num_threads < 0:
-        problems.append("num_threads must be >= 0 (0 = one per CPU)")
-    if not 0 < settings.test_size < 1:
-        problems.append(f"test_size must be between 0 and 1, got {settings.test_size}")
-    if settings.input_min_text_length >= settings.input_max_text_length:
-        problems.append("input_min_text_length must be smaller than input_max_text_length")
-    if not 0 < settings.top_p <= 1:
-        problems.append(f"top_p must be in (0, 1], got {settings.top_p}")
-    if settings.top_k < 0:
-        problems.append("top_k must be >= 0 (0 = no top-k filtering)")
-    if isinstance(settings, TrainConfig):
-        s = settings
-        for name in ("batch_size", "mini_batch_size", "ppo_epochs", "max_ppo_steps", "output_min_length"):
-            if getattr(s, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(s, name)}")
-        if s.mini_batch_size >= 1 and s.batch_size % s.mini_batch_size:
-            problems.append(
-                f"batch_size ({s.batch_size}) must be divisible by mini_batch_size ({s.mini_batch_size})"
-            )
-        if s.output_min_length > s.output_max_length:
-            problems.append("output_min_length must not exceed output_max_length")
-        if s.min_length < 4:
-            problems.append("min_length must be >= 4: trl's PPO step needs responses of at least 4 tokens")
-        if s.output_min_length < s.min_length:
-            problems.append("output_min_length must be >= min_length")
-        if s.learning_rate <= 0:
-            problems.append("learning_rate must be > 0")
-        if s.init_kl_coef < 0 or s.max_kl <= 0:
-            problems.append("init_kl_coef must be >= 0 and max_kl > 0")
-        if s.checkpoint_every < 0 or s.generation_batch_size < 0 or s.save_adapter_every < 0:
-            problems.append("checkpoint_every, save_adapter_every and generation_batch_size must be >= 0")
-        if s.processes_per_host < 1 or s.collective_timeout <= 0:
-            problems.append("processes_per_host must be >= 1 and collective_timeout > 0")
-        if s.peft_checkpoint_s3_uri and not s.peft_checkpoint_s3_uri.startswith("s3://"):
-            problems.append(f"peft_checkpoint_s3_uri must start with s3://, got {s.peft_checkpoint_s3_uri!r}")
-    if isinstance(settings, EvalConfig):
-        s = settings
-        if s.num_samples < 0:
-            problems.append("num_samples must be >= 0 (0 = the whole test split)")
-        if s.max_new_tokens < 1 or s.generation_batch_size < 1:
-            problems.append("max_new_tokens and generation_batch_size must be >= 1")
-        if not 0 < s.confidence < 1:
-            problems.append("confidence must be between 0 and 1")
-        if s.bootstrap_samples < 100:
-            problems.append("bootstrap_samples must be >= 100")
-        if s.reward_label == s.toxic_label:
-            problems.append("reward_label and toxic_label must name different classes")
+        elif (rule := f.metadata.get("rule")) is not None and (problem := rule.problem(f.name, value)):
+            problems.append(problem)
+    return problems
+
+
+def validate(settings: JobSettings) -> None:
+    """Reject impossible settings with a reason the user can act on, every reason at once."""
+    problems = field_problems(settings) + settings.combination_problems()
     if problems:
         raise JobInputError("invalid settings: " + "; ".join(problems))
+
+
+def encode_hyperparameters(values: dict[str, object], check: bool = True) -> dict[str, str]:
+    """Each value JSON-encoded, as the SageMaker SDK sends them (the train job decodes JSON).
+
+    With `check`, the values are first parsed as `TrainConfig` (a typo fails here, not on the
+    instance) and sent as parsed ("32" as 32). Without, they are sent as given: the layouts of
+    tests that show how the job itself rejects bad values."""
+    if check:
+        config = parse_settings(TrainConfig, values)
+        values = {name: getattr(config, name) for name in values}
+    return {str(name): json.dumps(value) for name, value in values.items()}

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -30,7 +31,7 @@ def test_training_environment_reads_every_config_file(tmp_path):
     # checkpointconfig.json names /opt/ml/checkpoints; a local root stands in for /opt/ml.
     assert env.checkpoint_dir == root / "checkpoints"
     assert env.model_dir == root / "model" and env.output_data_dir == root / "output" / "data"
-    assert env.current_host == "algo-1" and env.hosts == ["algo-1"]
+    assert env.current_host == "algo-1" and env.hosts == ("algo-1",)
 
 
 def test_sm_variables_override_files(tmp_path):
@@ -64,7 +65,6 @@ def test_processing_environment_maps_inputs_and_outputs(tmp_path):
     assert env.input("dataset") == root / "processing" / "input" / "dataset"
     assert env.input("detoxified") is None
     assert env.output("report") == root / "processing" / "output" / "report"
-    assert env.message_file == root / "output" / "message"
 
 
 def test_an_empty_channel_or_input_is_reported_never_replaced_by_the_hub_name(tmp_path):
@@ -78,3 +78,33 @@ def test_an_empty_channel_or_input_is_reported_never_replaced_by_the_hub_name(tm
     (root / "processing" / "input" / "dataset").mkdir(parents=True)
     with pytest.raises(JobInputError, match="input 'dataset' .* is empty"):
         ProcessingJobEnvironment.from_root(root).input("dataset")
+
+
+def test_an_environment_is_read_only_and_derives_its_hosts(tmp_path):
+    root = write_training_layout(
+        tmp_path / "ml", {}, {}, hosts=["algo-3", "algo-1", "algo-2"], current_host="algo-2"
+    )
+    env = TrainingJobEnvironment.from_root(root, env={})
+    assert env.hosts == ("algo-1", "algo-2", "algo-3")  # sorted, as every host sorts them
+    assert (env.host_index, env.master_host, env.network_interface_name) == (1, "algo-1", "eth0")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.model_dir = tmp_path  # type: ignore[misc]
+
+
+def test_a_host_not_in_the_hosts_is_a_clear_error(tmp_path):
+    root = write_processing_layout(tmp_path / "ml", {})
+    (root / "config" / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-9", "hosts": ["algo-1", "algo-2"]})
+    )
+    env = ProcessingJobEnvironment.from_root(root)
+    with pytest.raises(JobInputError, match="current_host 'algo-9' is not in hosts"):
+        _ = env.host_index
+
+
+def test_without_config_files_a_job_is_one_host_with_the_conventional_folders(tmp_path):
+    env = TrainingJobEnvironment.from_root(tmp_path, env={"SM_CURRENT_HOST": "algo-1"})
+    assert (env.current_host, env.hosts, env.host_index) == ("algo-1", ("algo-1",), 0)
+    assert env.hyperparameters == {} and env.channels == {}
+    assert env.checkpoint_dir == tmp_path / "checkpoints"
+    processing = ProcessingJobEnvironment.from_root(tmp_path)
+    assert (processing.inputs, processing.outputs, processing.hosts) == ({}, {}, ("algo-1",))

@@ -1,20 +1,15 @@
 import json
-from pathlib import Path
 
 import pytest
 
 from flan_t5_detox.contract.environment import ProcessingJobEnvironment, TrainingJobEnvironment
 from flan_t5_detox.contract.layout import (
-    encode_hyperparameters,
     place,
+    write_processing_config,
     write_processing_layout,
     write_training_layout,
 )
 from flan_t5_detox.contract.paths import CONTAINER, MlPaths
-
-
-def test_hyperparameters_are_encoded_as_the_sdk_sends_them():
-    assert encode_hyperparameters({"a": 1, "b": "x", "c": True}) == {"a": "1", "b": '"x"', "c": "true"}
 
 
 @pytest.mark.parametrize("how", ["copy", "link"])
@@ -43,7 +38,7 @@ def test_a_written_training_layout_reads_back_as_written(tmp_path):
     assert env.hyperparameters == {"batch_size": 8, "dtype": "float32"}
     assert (env.channel("dataset") / "data.jsonl").is_file()
     assert env.checkpoint_dir == MlPaths(root).checkpoints and env.model_dir.is_dir()
-    assert (env.current_host, env.hosts) == ("algo-1", ["algo-1"])
+    assert (env.current_host, env.hosts) == ("algo-1", ("algo-1",))
 
 
 def test_a_written_processing_layout_reads_back_as_written(tmp_path):
@@ -64,8 +59,20 @@ def test_a_written_processing_layout_reads_back_as_written(tmp_path):
     )
 
 
-def test_container_and_local_paths_map_both_ways(tmp_path):
+def test_unchecked_hyperparameters_are_written_as_given(tmp_path):
+    """The layout writes what a test gives it, so a job can be shown rejecting bad settings."""
+    root = write_training_layout(tmp_path / "ml", {}, {"batch_size": 10, "mini_batch_size": 4, "nope": "x"})
+    sent = json.loads(MlPaths(root).hyperparameters.read_text())
+    assert sent == {"batch_size": "10", "mini_batch_size": "4", "nope": '"x"'}
+
+
+def test_a_processing_job_of_several_instances_lists_their_hosts(tmp_path):
     paths = MlPaths(tmp_path)
-    assert paths.container_path(paths.channel("dataset")) == "/opt/ml/input/data/dataset"
-    assert paths.local_path("/opt/ml/checkpoints") == paths.checkpoints
-    assert paths.local_path("/elsewhere/x") == Path("/elsewhere/x")  # not under /opt/ml: as given
+    write_processing_config(paths, "job", {}, {"report": ""}, instance_count=3, current_host="algo-2")
+    env = ProcessingJobEnvironment.from_root(tmp_path)
+    assert (env.current_host, env.hosts, env.host_index) == ("algo-2", ("algo-1", "algo-2", "algo-3"), 1)
+    request = json.loads(paths.processing_job_config.read_text())
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 3
+    assert request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["LocalPath"] == (
+        "/opt/ml/processing/output/report"
+    )

@@ -98,7 +98,7 @@ def test_rejected_credentials_are_explained(s3_server, tmp_path):
 def test_keys_escaping_the_destination_are_refused(key, tmp_path):
     # Real S3 accepts such keys (SeaweedFS does not store them), so the guard is tested directly.
     with pytest.raises(s3.S3Error, match="refusing to write"):
-        s3._local_path(tmp_path, key)
+        s3.download_target(tmp_path, key)
 
 
 def test_the_job_side_uses_the_environment_like_the_aws_cli(s3_server, client, tmp_path, monkeypatch):

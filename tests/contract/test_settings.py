@@ -1,8 +1,18 @@
+import dataclasses
+
 import pytest
 
 from flan_t5_detox.contract.environment import decode_hyperparameters
 from flan_t5_detox.contract.failure import JobInputError
-from flan_t5_detox.contract.settings import EvalConfig, TrainConfig, parse_settings
+from flan_t5_detox.contract.settings import (
+    EvalConfig,
+    JobSettings,
+    TrainConfig,
+    did_you_mean,
+    encode_hyperparameters,
+    field_types,
+    parse_settings,
+)
 
 
 def test_defaults_are_the_notebook_values():
@@ -47,9 +57,14 @@ def test_raw_and_json_encoded_strings_both_parse():
         ({"dtype": "float16"}, "dtype must be one of"),
         ({"learning_rate": "nan"}, "learning_rate must be finite"),
         ({"peft_checkpoint_s3_uri": "bucket/key"}, "must start with s3://"),
-        ({"test_size": 1.5}, "test_size must be between 0 and 1"),
+        ({"test_size": 1.5}, r"test_size must be in \(0, 1\), got 1.5"),
         ({"reward_input": "dialogue"}, "reward_input must be one of response, query_response"),
-        ({"save_adapter_every": -1}, "save_adapter_every .* must be >= 0"),
+        ({"save_adapter_every": -1}, "save_adapter_every must be >= 0, got -1 \\(0 = never\\)"),
+        ({"top_p": 0}, r"top_p must be in \(0, 1\], got 0"),
+        ({"num_threads": -1}, r"num_threads must be >= 0, got -1 \(0 = one per CPU\)"),
+        ({"min_length": 3, "output_min_length": 3}, "min_length must be >= 4: trl's PPO step"),
+        ({"input_min_text_length": 1000}, "input_min_text_length must be smaller"),
+        ({"collective_timeout": 0}, "collective_timeout must be > 0, got 0.0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_reason(values, message):
@@ -65,3 +80,64 @@ def test_eval_settings_validate_too():
         parse_settings(EvalConfig, {"reward_input": "both"})
     assert TrainConfig().reward_input == EvalConfig().reward_input == "response"
     assert parse_settings(TrainConfig, {"reward_input": "query_response"}).reward_input == "query_response"
+
+
+def test_the_shared_part_is_one_set_of_fields_in_both_jobs():
+    shared = field_types(JobSettings)
+    assert len(shared) == 14
+    for cls in (TrainConfig, EvalConfig):
+        assert {name: field_types(cls)[name] for name in shared} == shared
+        assert all(getattr(cls(), name) == getattr(JobSettings(), name) for name in shared)
+    # Each job has its own generation batch: rollouts take the whole PPO batch by default.
+    assert (TrainConfig().generation_batch_size, EvalConfig().generation_batch_size) == (0, 16)
+    assert len(field_types(TrainConfig)) == 38 and len(field_types(EvalConfig)) == 21
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(JobInputError) as caught:
+        parse_settings(
+            EvalConfig, {"num_samples": -1, "top_k": -1, "confidence": 1.0, "toxic_label": "nothate"}
+        )
+    message = str(caught.value)
+    assert message.startswith("invalid settings: ")
+    for part in (
+        "num_samples must be >= 0, got -1 (0 = the whole test split)",
+        "top_k must be >= 0, got -1 (0 = no top-k filtering)",
+        "confidence must be in (0, 1), got 1.0",
+        "reward_label and toxic_label must name different classes",
+    ):
+        assert part in message
+    with pytest.raises(JobInputError, match="generation_batch_size must be >= 1, got 0"):
+        parse_settings(EvalConfig, {"generation_batch_size": 0})
+    assert parse_settings(TrainConfig, {"generation_batch_size": 0}).generation_batch_size == 0
+
+
+def test_the_hint_suggests_a_close_name_only():
+    assert did_you_mean("batch_sise", ["batch_size", "seed"]) == "'batch_sise' (did you mean 'batch_size'?)"
+    assert did_you_mean("zzz", ["batch_size", "seed"]) == "'zzz'"
+    with pytest.raises(JobInputError, match=r"'num_sample' \(did you mean 'num_samples'\?\)\. Known: "):
+        parse_settings(EvalConfig, {"num_sample": 3})
+
+
+def test_settings_are_given_by_name():
+    with pytest.raises(TypeError):
+        TrainConfig("google/flan-t5-small")  # type: ignore[misc]
+    assert dataclasses.replace(TrainConfig(), batch_size=8).batch_size == 8
+
+
+def test_hyperparameters_are_encoded_as_the_sdk_sends_them():
+    assert encode_hyperparameters({"a": 1, "b": "x", "c": True}, check=False) == {
+        "a": "1",
+        "b": '"x"',
+        "c": "true",
+    }
+
+
+def test_checked_hyperparameters_are_sent_as_parsed_or_refused():
+    sent = encode_hyperparameters({"batch_size": "32", "adap_kl_ctrl": "false", "reward_label": "nothate"})
+    assert sent == {"batch_size": "32", "adap_kl_ctrl": "false", "reward_label": '"nothate"'}
+    assert parse_settings(TrainConfig, decode_hyperparameters(sent)).batch_size == 32
+    with pytest.raises(JobInputError, match="did you mean 'max_ppo_steps'"):
+        encode_hyperparameters({"max_ppo_step": 2})
+    with pytest.raises(JobInputError, match="divisible by mini_batch_size"):
+        encode_hyperparameters({"batch_size": 10})

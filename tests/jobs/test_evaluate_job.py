@@ -11,6 +11,7 @@ import pytest
 import torch
 from detox_entrypoints import evaluate, train
 
+from flan_t5_detox.contract.hosts import host_names
 from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
 from flan_t5_detox.ml import report
 from tests.ml.test_evaluation import one_thread  # noqa: F401 - the same autouse fixture here
@@ -262,7 +263,7 @@ def test_shards_merged_give_the_one_host_report(tmp_path, tiny_models, sample_da
 
     parts = tmp_path / "parts"
     parts.mkdir()
-    names = [f"algo-{i + 1}" for i in range(hosts)]
+    names = host_names(hosts)
     for host in names:
         root = write_processing_layout(tmp_path / host, inputs)
         (root / "config" / "resourceconfig.json").write_text(
