@@ -38,7 +38,8 @@ _ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=([A-Za-z0-9_.,:/+@%-]*)")
 def read_env_file(path: Path) -> dict[str, str]:
     """The variables of a job.env file: KEY=value lines, `#` comment lines and empty lines."""
     variables = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    # Lines as sh reads them: split at \n only (read_text would turn a \r into a line end).
+    for number, line in enumerate(path.read_bytes().decode().split("\n"), 1):
         if line == "" or line.startswith("#"):
             continue
         match = _ENV_LINE.fullmatch(line)

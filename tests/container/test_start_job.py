@@ -50,7 +50,16 @@ def test_the_images_environment_is_lines_sh_reads_as_written(tmp_path):
     (in a container the caller's variables win, in a plain process the image's)."""
     owned = read_env_file(IMAGE_ENV_FILE)
     assert not [k for k in owned if k in PASSED_THROUGH or k.startswith(PASSED_THROUGH_PREFIXES)]
-    for bad in ("KEY = value", "KEY='quoted'", "KEY=$HOME", " KEY=value", "KEY=two words", "export KEY=1"):
+    bad_lines = (
+        "KEY = value",
+        "KEY='quoted'",
+        "KEY=$HOME",
+        " KEY=value",
+        "KEY=two words",
+        "export KEY=1",
+        "KEY=1\r",
+    )
+    for bad in bad_lines:
         (tmp_path / "job.env").write_text(f"# a comment\n\nGOOD=1\n{bad}\n")
         with pytest.raises(ValueError, match="job.env:4: not a KEY=value line"):
             read_env_file(tmp_path / "job.env")
