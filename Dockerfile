@@ -79,13 +79,10 @@ RUN --mount=type=bind,from=tools,source=/wheels/trl,target=/wheels \
     pip install -q --no-cache-dir --no-deps --no-index --find-links /wheels trl && pip check
 RUN --mount=type=bind,from=project,source=/wheels/project,target=/wheels \
     pip install -q --no-cache-dir --no-deps --no-index --find-links /wheels flan-t5-detox
-COPY container/train container/evaluate /usr/local/bin/
-
-# Unbuffered output so CloudWatch (and `docker logs`) see each metrics line as it is printed.
-ENV PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-# glibc keeps freed memory instead of handing it back and page-faulting it in on the next
-# PPO pass: training forward ~10% and backward ~15-20% faster (`python -m bench.allocator`).
-ENV MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
+COPY container/train container/evaluate container/start-job /usr/local/bin/
+# The jobs' environment has one owner, container/job.env; start-job applies it to each job
+# process (no ENV here: ENV cannot be read from a file, and a second copy would drift).
+COPY container/job.env /etc/flan-t5-detox/job.env
 # The pins that matter (a test checks them against container/requirements.lock).
 LABEL org.opencontainers.image.title="flan-t5-detox" \
       org.opencontainers.image.description="PPO detoxification of FLAN-T5 dialogue summaries: train and evaluate jobs" \
@@ -101,6 +98,7 @@ LABEL org.opencontainers.image.title="flan-t5-detox" \
       com.flan-t5-detox.accelerate="0.18.0"
 WORKDIR /opt/ml
 # tini as PID 1 forwards SIGTERM (docker stop, SageMaker StopTrainingJob) to the job and reaps
-# children; `docker run IMAGE train` then runs /usr/local/bin/train.
+# children; `docker run IMAGE train` then runs /usr/local/bin/train, which execs the job through
+# start-job: no process stays between tini and the job.
 ENTRYPOINT ["/usr/local/bin/tini", "--"]
 CMD ["train", "--help"]

@@ -141,7 +141,7 @@ build() {
 test_image() {
     log "container tests"
     CI=${CI:-true} DETOX_IMAGE=$IMAGE DOCKER=$DOCKER python -m pytest -q -p no:cacheprovider -m docker \
-        tests/container/test_container.py
+        tests/container
 }
 
 case "${1:-all}" in

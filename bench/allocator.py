@@ -3,33 +3,21 @@
     python -m bench.allocator          # after `python -m bench.run` has built bench/results/fixtures
 
 With autograd every activation of a training pass is a fresh allocation; glibc hands large ones
-back to the kernel on free, so the next pass page-faults them in again. The settings below
-(the image's ENV) keep freed memory in the process. They must be set before the process
+back to the kernel on free, so the next pass page-faults them in again. The image's malloc
+settings (container/job.env) keep freed memory in the process. glibc reads them when a process
 starts, hence one process per measurement.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .run import RESULTS
-
-TUNED = {
-    "MALLOC_MMAP_THRESHOLD_": "4294967296",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
-
-
-def with_image_settings() -> None:
-    """Restart this process under the image's settings, unless it already runs with them: the jobs
-    run with them, so a side-by-side benchmark of job code should too."""
-    if any(os.environ.get(k) != v for k, v in TUNED.items()):
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **TUNED})
+from .common import RESULTS, command_line, image_malloc_settings
 
 
 def worker() -> None:
@@ -40,7 +28,7 @@ def worker() -> None:
     from flan_t5_detox.ml.runtime import set_threads
 
     set_threads(0)
-    fixtures = Path(RESULTS) / "fixtures"
+    fixtures = RESULTS / "fixtures"
     summarizer = load_merged(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
     policy = build_policy(summarizer, read_lora_config(fixtures / "peft_checkpoint"), 0)
     torch.manual_seed(0)
@@ -59,17 +47,27 @@ def worker() -> None:
     print(f"{best_forward:.2f} {best_backward:.2f}")
 
 
-def main(rounds: int = 2) -> None:
+def compare(rounds: int = 2) -> None:
+    """Alternating processes, `rounds` of each: the glibc defaults, then the image's settings."""
+    # The defaults: none of the image's settings, even where this process was started with them.
+    settings = image_malloc_settings()
+    defaults = {k: v for k, v in os.environ.items() if k not in settings}
     for _ in range(rounds):
-        for name, env in (("glibc defaults", {}), ("image settings", TUNED)):
+        for name, env in (("glibc defaults", defaults), ("image settings", {**defaults, **settings})):
             out = subprocess.run(
                 [sys.executable, "-m", "bench.allocator", "--worker"],
-                env={**os.environ, **env}, capture_output=True, text=True, check=True,
+                env=env, capture_output=True, text=True, check=True,
                 cwd=Path(__file__).parent.parent,
             )  # fmt: skip
             forward, backward = out.stdout.split()[-2:]
             print(f"{name}: training forward {forward} s, backward {backward} s (4 x 180 + 350 tokens)")
 
 
+def main(argv=None) -> None:
+    parser = command_line("allocator", __doc__)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    worker() if parser.parse_args(argv).worker else compare()
+
+
 if __name__ == "__main__":
-    worker() if "--worker" in sys.argv else main()
+    main()

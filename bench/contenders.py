@@ -16,12 +16,7 @@ and the reward pipeline truncates to the classifier's 512-token window
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,103 +31,8 @@ from flan_t5_detox.ml.ppo import DetoxTrainer
 from flan_t5_detox.ml.rewards import RewardModel, reward_text
 from flan_t5_detox.ml.runtime import pick_dtype, set_threads, use_fast_mkl_kernels
 
-
-@dataclass
-class Workload:
-    """What both contenders are asked to do; plain data so it can cross a process boundary."""
-
-    base_model: str
-    peft_checkpoint: str
-    reward_model: str
-    train_prompts: list[str]
-    budgets: list[int]  # new tokens per train prompt, drawn once with a seeded sampler
-    eval_prompts: list[str]
-    eval_new_tokens: int
-    seed: int = 0
-    notebook_dtype: str = "bfloat16"
-    mini_batch_size: int = 4  # ours: PPO's mini-batch (the notebook's 4)
-
-
-# Where a worker keeps the phases it has finished, for a run the parent stops (--worker-timeout).
-PARTIAL_RESULT_ENV = "BENCH_PARTIAL_RESULT"
-
-
-@dataclass
-class Measurement:
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    counts: dict[str, float] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
-    started_at: float | None = None  # wall clock when the first timed phase began
-
-    def save_partial(self) -> None:
-        path = os.environ.get(PARTIAL_RESULT_ENV)
-        if path:
-            Path(path).write_text(json.dumps({"seconds": self.seconds, "started_at": self.started_at}))
-
-    def result(self) -> dict:
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {
-            "seconds": dict(self.seconds),
-            "counts": self.counts,
-            "notes": self.notes,
-            "peak_rss_mb": peak_kb / 1024,
-        }
-
-
-class Timer:
-    def __init__(self, measurement: Measurement, phase: str):
-        self.measurement, self.phase = measurement, phase
-
-    def __enter__(self):
-        if self.measurement.started_at is None:
-            self.measurement.started_at = time.time()
-            self.measurement.save_partial()
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.measurement.seconds[self.phase] += time.perf_counter() - self.start
-        self.measurement.save_partial()
-
-
-def instrument_trl(trainer, m: Measurement) -> None:
-    """Split trl's step into its parts by wrapping the calls it makes (same for both contenders)."""
-
-    def wrap(owner, name, phase_of):
-        original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            phase = phase_of()
-            with Timer(m, phase):
-                return original(*args, **kwargs)
-
-        setattr(owner, name, timed)
-
-    # No-grad passes score the rollout (policy log-probs + values, then the reference);
-    # passes with grad are PPO's training forwards.
-    wrap(
-        trainer,
-        "batched_forward_pass",
-        lambda: "ppo_train_forward" if torch.is_grad_enabled() else "ppo_score",
-    )
-    wrap(trainer.accelerator, "backward", lambda: "ppo_backward")
-    wrap(trainer.optimizer, "step", lambda: "ppo_optimizer")
-
-
-def _progress(phase: str, done: str, since: float) -> None:
-    """A line per unit of work, so a run stopped early still says how far it got, and when."""
-    print(f"progress {phase}: {done}, {time.perf_counter() - since:.1f} s", flush=True)
-
-
-def _ppo_parts(m: Measurement, step_seconds: float) -> None:
-    parts = ("ppo_score", "ppo_train_forward", "ppo_backward", "ppo_optimizer")
-    m.seconds["ppo_other"] = step_seconds - sum(m.seconds[p] for p in parts)
-
-
-def _lengths(m: Measurement, tokenizer, queries, responses, reward_tokenizer, reward_texts) -> None:
-    m.counts["query_tokens"] = [len(q) for q in queries]
-    m.counts["response_tokens"] = [len(r) for r in responses]
-    enc = reward_tokenizer(reward_texts, truncation=True)
-    m.counts["reward_tokens"] = [len(ids) for ids in enc["input_ids"]]
+from .common import Workload
+from .timing import Measurement, Timer, count_tokens, instrument_trl, ppo_other, progress, warm_up
 
 
 # -- the notebook's loop ------------------------------------------------------------------
@@ -183,7 +83,7 @@ def notebook_ppo(w: Workload) -> dict:
     instrument_trl(trainer, m)
     prompt_tensors = [torch.tensor(tokenizer.encode(p)) for p in w.train_prompts]
     queries = [tokenizer.decode(q) for q in prompt_tensors]
-    _warm_up(trainer.accelerator.unwrap_model(trainer.model), prompt_tensors[0])
+    warm_up(trainer.accelerator.unwrap_model(trainer.model), prompt_tensors[0])
 
     torch.manual_seed(w.seed)
     start = time.perf_counter()
@@ -194,7 +94,7 @@ def notebook_ppo(w: Workload) -> dict:
             kwargs["max_new_tokens"] = budget
             summary = trainer.generate(prompt, **kwargs)
             summaries.append(summary.squeeze()[-budget:])
-            _progress("generate", f"{len(summaries)}/{len(prompt_tensors)} prompts, {budget} tokens", start)
+            progress("generate", f"{len(summaries)}/{len(prompt_tensors)} prompts, {budget} tokens", start)
     with Timer(m, "reward"):
         responses = [tokenizer.decode(s.squeeze()) for s in summaries]
         pairs = [q + r for q, r in zip(queries, responses)]
@@ -203,8 +103,8 @@ def notebook_ppo(w: Workload) -> dict:
     with Timer(m, "ppo"):
         trainer.step(prompt_tensors, summaries, rewards)
     m.seconds["step"] = time.perf_counter() - start
-    _ppo_parts(m, m.seconds["ppo"])
-    _lengths(m, tokenizer, prompt_tensors, summaries, reward_pipe.tokenizer, pairs)
+    ppo_other(m, m.seconds["ppo"])
+    count_tokens(m, tokenizer, prompt_tensors, summaries, reward_pipe.tokenizer, pairs)
     m.notes["dtype"] = w.notebook_dtype
     return m.result()
 
@@ -251,13 +151,13 @@ def notebook_eval(w: Workload) -> dict:
     tokenizer = load_tokenizer(w.base_model)
     _, ref_model = _notebook_policy(w)
     evaluator = _Toxicity.load(w.reward_model)
-    _warm_up(ref_model, torch.tensor(tokenizer.encode(w.eval_prompts[0])))
+    warm_up(ref_model, torch.tensor(tokenizer.encode(w.eval_prompts[0])))
 
     torch.manual_seed(w.seed)
     toxicities, responses = [], []
     start = time.perf_counter()
     for text in w.eval_prompts:
-        _progress("eval", f"{len(responses)}/{len(w.eval_prompts)} samples", start)
+        progress("eval", f"{len(responses)}/{len(w.eval_prompts)} samples", start)
         with Timer(m, "generate"):
             input_ids = tokenizer(text, return_tensors="pt", padding=True).input_ids
             generation_config = GenerationConfig(
@@ -274,7 +174,7 @@ def notebook_eval(w: Workload) -> dict:
     texts = [
         p + " " + tokenizer.decode(r, skip_special_tokens=True) for p, r in zip(w.eval_prompts, responses)
     ]
-    _lengths(m, tokenizer, queries, [r[1:] for r in responses], evaluator.classifier.tokenizer, texts)
+    count_tokens(m, tokenizer, queries, [r[1:] for r in responses], evaluator.classifier.tokenizer, texts)
     m.notes["dtype"] = w.notebook_dtype
     return m.result()
 
@@ -333,7 +233,7 @@ def ours_ppo(w: Workload) -> dict:
         return ppo_step(queries, responses, scores, epochs)
 
     trainer.trl.ppo_step = step
-    _warm_up(policy, trainer.query_ids[0])
+    warm_up(policy, trainer.query_ids[0])
 
     torch.manual_seed(w.seed)
     start = time.perf_counter()
@@ -341,9 +241,9 @@ def ours_ppo(w: Workload) -> dict:
     m.seconds["step"] = time.perf_counter() - start
     for phase in ("generate", "reward", "ppo"):
         m.seconds[phase] = result.metrics[f"time_{phase}"]
-    _ppo_parts(m, m.seconds["ppo"])
+    ppo_other(m, m.seconds["ppo"])
     texts = [reward_text(q, r) for q, r in zip(result.queries, result.responses)]
-    _lengths(
+    count_tokens(
         m, tokenizer, trainer.query_ids, [r[1:] for r in sent["responses"]], reward_model.tokenizer, texts
     )
     m.notes.update(dtype=str(dtype).replace("torch.", ""), threads=str(threads))
@@ -358,7 +258,7 @@ def ours_eval(w: Workload) -> dict:
     summarizer = load_merged(w.base_model, Path(w.peft_checkpoint), dtype).eval()
     reward_model = RewardModel(w.reward_model, "nothate", batch_size=16)
     queries = [torch.tensor(ids) for ids in tokenizer(w.eval_prompts, truncation=True)["input_ids"]]
-    _warm_up(summarizer, queries[0])
+    warm_up(summarizer, queries[0])
     sampling = SamplingSettings(min_length=w.eval_new_tokens + 1, top_k=0, top_p=1.0)
 
     torch.manual_seed(w.seed)
@@ -369,15 +269,9 @@ def ours_eval(w: Workload) -> dict:
         texts = [reward_text(p, r) for p, r in zip(w.eval_prompts, detokenize(tokenizer, responses))]
         reward_model.score(texts).probabilities[:, reward_model.index_of("hate")]
     m.seconds["total"] = time.perf_counter() - start
-    _lengths(m, tokenizer, queries, [r[1:] for r in responses], reward_model.tokenizer, texts)
+    count_tokens(m, tokenizer, queries, [r[1:] for r in responses], reward_model.tokenizer, texts)
     m.notes.update(dtype=str(dtype).replace("torch.", ""), threads=str(threads))
     return m.result()
-
-
-def _warm_up(model, query: torch.Tensor) -> None:
-    """One short generate so one-time kernel and allocator set-up is not timed (both contenders)."""
-    with torch.no_grad():
-        model.generate(input_ids=query[None], max_new_tokens=2, do_sample=True, top_k=0)
 
 
 WORKERS = {

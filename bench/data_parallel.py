@@ -24,7 +24,6 @@ invocation, and the step time on N instances projected from measured parts.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -38,8 +37,17 @@ from pathlib import Path
 from flan_t5_detox.contract.cluster import free_port
 from flan_t5_detox.contract.hosts import host_names
 from flan_t5_detox.contract.layout import write_training_layout
-from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.embedded import embedded_default
+
+from .common import (
+    RESULTS,
+    Sizes,
+    command_line,
+    embedded_channels,
+    image_malloc_settings,
+    machine,
+    make_workload,
+    run_worker,
+)
 
 TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
 # flan-t5-base: 12 encoder layers (self-attention), 12 decoder layers (self- and cross-attention);
@@ -78,13 +86,7 @@ def _step_times(root: Path) -> list[dict]:
 
 
 def _run(work: Path, name: str, hosts: int, batch: int, steps: int) -> dict:
-    models = embedded_default()
-    channels = {
-        "base_model": models.base_model,
-        "peft_checkpoint": models.peft_checkpoint,
-        "reward_model": models.reward_model,
-        "dataset": SAMPLE_DATASET,
-    }
+    channels = embedded_channels()
     names = host_names(hosts)
     roots = [
         write_training_layout(
@@ -185,19 +187,16 @@ def all_reduce_costs(repeats: int = 50) -> dict:
 
 def real_rank_steps(out: Path) -> dict[int, dict]:
     """One rank's measured PPO step on the real architectures with B/N rows, for each N."""
-    from . import fixtures
-    from .run import image_env, make_workload, run_worker
+    from . import fixtures  # torch and transformers: only in the run that needs them
 
     built = fixtures.build(out / "fixtures", 0)
     steps = {}
     for instances in (1, 2, 4, 8):
-        args = argparse.Namespace(
-            scale=1.0, batch_size=REAL_BATCH // instances, eval_samples=1, seed=0, notebook_dtype="float32"
-        )
-        spec = make_workload(args, built).__dict__
+        sizes = Sizes(batch_size=REAL_BATCH // instances, eval_samples=1, notebook_dtype="float32")
+        spec = make_workload(built, sizes).__dict__
         # One rank's share of each global mini-batch (of at least one row per rank).
         spec["mini_batch_size"] = max(REAL_MINI_BATCH, instances) // instances
-        result = run_worker("ours_ppo", spec, out, image_env())
+        result = run_worker("ours_ppo", spec, out, image_malloc_settings())
         steps[instances] = {k: round(v, 2) for k, v in result["seconds"].items()}
         print(f"one rank, {REAL_BATCH // instances} rows: {json.dumps(steps[instances])}", flush=True)
     return steps
@@ -230,9 +229,7 @@ def project(steps: dict[int, dict], bandwidth_gb_per_s: float, latency_s: float)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.data_parallel", description=__doc__.split("\n\n")[0]
-    )
+    parser = command_line("data_parallel", __doc__)
     parser.add_argument("--batch", type=int, default=8, help="rows per rank in the weak-scaling runs")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument(
@@ -242,11 +239,8 @@ def main(argv=None) -> int:
         "--bandwidth", type=float, default=1.25, help="assumed GB/s between instances (10 Gbit/s)"
     )
     parser.add_argument("--latency", type=float, default=100e-6, help="assumed seconds per message hop")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-
-    from .run import machine
-
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine()}
     report["weak_scaling"] = weak_scaling(args.batch, args.steps)
     print(json.dumps(report["weak_scaling"], indent=1), flush=True)

@@ -28,7 +28,8 @@ from transformers import (
 
 from flan_t5_detox.ml import data
 
-BENCH_SAMPLE = Path(__file__).parent / "dialogsum_bench_sample.jsonl"
+from .common import BENCH_SAMPLE
+
 T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 

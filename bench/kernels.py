@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -30,7 +29,7 @@ from flan_t5_detox.ml.generation import draw_tokens
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.runtime import set_threads
 
-from .run import RESULTS
+from .common import RESULTS, command_line
 
 
 def _best_ms(fn, *args, repeats: int = 5) -> float:
@@ -162,9 +161,10 @@ def rollouts(model, tokenizer, repeats: int = 2) -> dict[str, float]:
     return {k: round(v, 1) for k, v in best.items()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    command_line("kernels", __doc__).parse_args(argv)
     threads = set_threads(0)
-    fixtures = Path(RESULTS) / "fixtures"
+    fixtures = RESULTS / "fixtures"
     model = load_merged(fixtures / "base_model", fixtures / "peft_checkpoint", torch.float32)
     print(f"threads {threads}; MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE')}")
     for rows in (16, 4, 1):

@@ -29,11 +29,11 @@ from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.runtime import set_threads
 
 from . import fixtures
-from .run import RESULTS, make_workload, parse_args
+from .common import RESULTS, command_line, make_workload
 
 
 def _setup():
-    workload = make_workload(parse_args([]), fixtures.build(Path(RESULTS) / "fixtures"))
+    workload = make_workload(fixtures.build(RESULTS / "fixtures"))  # bench.run's default sizes
     tokenizer = load_tokenizer(workload.base_model)
     peft_dir = Path(workload.peft_checkpoint)
     policy = build_policy(load_merged(workload.base_model, peft_dir), read_lora_config(peft_dir), 0)
@@ -76,7 +76,8 @@ def scoring(trainer, queries, responses, reuse: bool) -> float:
     return time.perf_counter() - start
 
 
-def main(repeats: int = 2) -> None:
+def main(argv=None, repeats: int = 2) -> None:
+    command_line("ppo_passes", __doc__).parse_args(argv)
     threads = set_threads(0)
     trainer, queries, responses = _setup()
     print(

@@ -24,6 +24,8 @@ from flan_t5_detox.ml.adapters import load_merged
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.rewards import RewardModel, reward_text
 
+from .common import command_line
+
 QUERIES, RESPONSES = 64, 8
 
 
@@ -40,7 +42,8 @@ def variance_shares(rewards: np.ndarray) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    command_line("reward_input", __doc__).parse_args(argv)
     models = embedded_default()
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(models.base_model)

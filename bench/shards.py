@@ -18,7 +18,6 @@ the merge job does, once, whatever N is. So two efficiencies are printed (JSON):
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -29,8 +28,8 @@ from pathlib import Path
 
 from flan_t5_detox.contract.hosts import host_name, host_names
 from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
-from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.embedded import embedded_default
+
+from .common import command_line, embedded_channels
 
 EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--dtype", "float32", "--num-threads", "1", "--bootstrap-samples", "1000"]
@@ -64,17 +63,11 @@ def one_host(work: Path, inputs: dict, samples: int, name: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line("shards", __doc__)
     parser.add_argument("--samples", type=int, default=160, help="dialogues per host")
     args = parser.parse_args(argv)
-    models = embedded_default()
     work = Path(tempfile.mkdtemp(prefix="bench-shards-"))
-    channels = {
-        "base_model": models.base_model,
-        "peft_checkpoint": models.peft_checkpoint,
-        "reward_model": models.reward_model,
-        "dataset": SAMPLE_DATASET,
-    }
+    channels = embedded_channels()
     trained = write_training_layout(work / "train", channels, {"max_ppo_steps": 2, "num_threads": 1})
     subprocess.run([sys.executable, "-m", "detox_entrypoints.train", "--ml-root", str(trained)], check=True)
     inputs = {**channels, "detoxified": trained / "model"}

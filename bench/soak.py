@@ -12,7 +12,6 @@ steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -23,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from flan_t5_detox.contract.layout import write_training_layout
-from flan_t5_detox.fixtures import SAMPLE_DATASET
-from flan_t5_detox.fixtures.embedded import embedded_default
+
+from .common import command_line, embedded_channels
 
 WARM_UP = 20  # steps before the slope is fitted
 
@@ -37,20 +36,14 @@ def rss_mb(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line("soak", __doc__)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args(argv)
     from detox_entrypoints.demo import TRAIN_HYPERPARAMETERS
 
-    models = embedded_default()
     root = write_training_layout(
         Path(tempfile.mkdtemp(prefix="soak-")) / "ml",
-        {
-            "base_model": models.base_model,
-            "peft_checkpoint": models.peft_checkpoint,
-            "reward_model": models.reward_model,
-            "dataset": SAMPLE_DATASET,
-        },
+        embedded_channels(),
         {**TRAIN_HYPERPARAMETERS, "max_ppo_steps": args.steps},  # checkpoint_every keeps its default, 1
     )
     metrics = root / "output" / "data" / "metrics.jsonl"

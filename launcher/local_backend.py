@@ -3,13 +3,15 @@
 The work folder is laid out like /opt/ml by the contract's one layout writer. S3 inputs are
 downloaded into it; local inputs are bind-mounted read-only under Docker and symlinked for
 plain processes (no copies of multi-GB models). A plain process gets the environment a
-container would: the job's own variables and the basics a process needs, never the laptop's
-whole environment (a stray DETOX_* variable must not change a local run but not a cloud one).
+container would: the image's whole environment (container/job.env), the job's own variables and
+the basics a process needs, never the laptop's whole environment (a stray DETOX_* variable must
+not change a local run but not a cloud one).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from flan_t5_detox.contract import cluster, layout, s3
 from flan_t5_detox.contract.hosts import host_names
 from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
 
+from .errors import LaunchError
 from .jobs import EvalJob, TrainJob
 
 # What a plain process keeps of the launcher's environment: what any process needs to run
@@ -26,8 +29,35 @@ from .jobs import EvalJob, TrainJob
 # access (a container on SageMaker has its role's credentials).
 PASSED_THROUGH = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "VIRTUAL_ENV")
 PASSED_THROUGH_PREFIXES = ("AWS_", "HF_", "TRANSFORMERS_")
-# What the job image sets for every job (Dockerfile ENV).
-IMAGE_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+# The job image's environment, its one owner: the Dockerfile copies this file into the image,
+# whose start-job applies it. It lives beside the Dockerfile, in the source checkout.
+IMAGE_ENV_FILE = Path(__file__).resolve().parent.parent / "container" / "job.env"
+# A line sh's `read -r` and `export` take exactly as written: no quotes, spaces or expansions.
+_ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=([A-Za-z0-9_.,:/+@%-]*)")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a job.env file: KEY=value lines, `#` comment lines and empty lines."""
+    variables = {}
+    # Lines as sh reads them: split at \n only (read_text would turn a \r into a line end).
+    for number, line in enumerate(path.read_bytes().decode().split("\n"), 1):
+        if line == "" or line.startswith("#"):
+            continue
+        match = _ENV_LINE.fullmatch(line)
+        if not match:
+            raise ValueError(f"{path}:{number}: not a KEY=value line that sh reads as written: {line!r}")
+        variables[match[1]] = match[2]
+    return variables
+
+
+def image_environment() -> dict[str, str]:
+    """What the job image gives every job process (container/job.env)."""
+    if not IMAGE_ENV_FILE.is_file():
+        raise LaunchError(
+            f"the job image's environment ({IMAGE_ENV_FILE}) is missing: plain-process runs read it "
+            "from the project's source checkout (pip install -e .)"
+        )
+    return read_env_file(IMAGE_ENV_FILE)
 
 
 @dataclass
@@ -145,10 +175,10 @@ def process_environment(
     environment: dict[str, str], launcher: dict[str, str] | None = None
 ) -> dict[str, str]:
     """The environment of a plain-process job: as in a container, the image's variables and the
-    job's own, plus only what `PASSED_THROUGH` keeps of the launcher's."""
+    job's own (which win), plus only what `PASSED_THROUGH` keeps of the launcher's."""
     launcher = dict(os.environ if launcher is None else launcher)
     kept = {k: v for k, v in launcher.items() if k in PASSED_THROUGH or k.startswith(PASSED_THROUGH_PREFIXES)}
-    return {**kept, **IMAGE_ENVIRONMENT, **environment}
+    return {**kept, **image_environment(), **environment}
 
 
 def link_mounts(run: LocalRun) -> None:
