@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flan_t5_detox.contract.environment import ProcessingJobEnvironment
 from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
 from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
-from flan_t5_detox.contract.settings import EvalConfig, parse_settings
+from flan_t5_detox.contract.settings import EvalConfig, did_you_mean, parse_settings
+
+if TYPE_CHECKING:
+    from flan_t5_detox.ml.measurements import Measurements
 
 log = logging.getLogger("flan_t5_detox.evaluate")
 
@@ -78,11 +81,7 @@ def collect_settings(args: argparse.Namespace, unknown: list[str], environ: dict
         unknown = [args.mode, *unknown]
     if unknown:
         flags = ["--" + s.replace("_", "-") for s in SETTINGS]
-        hints = [
-            f"{u!r}"
-            + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, flags, 1)) else "")
-            for u in unknown
-        ]
+        hints = [did_you_mean(u, flags) for u in unknown]
         raise JobInputError("unknown argument(s): " + ", ".join(hints))
     values: dict[str, object] = {
         name: environ[ENV_PREFIX + name.upper()] for name in SETTINGS if ENV_PREFIX + name.upper() in environ
@@ -91,95 +90,120 @@ def collect_settings(args: argparse.Namespace, unknown: list[str], environ: dict
     return parse_settings(EvalConfig, values)
 
 
-def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> int:
-    # Heavy imports only once the settings are known to be good.
-    from flan_t5_detox.contract.inputs import evaluation_inputs, named_as_given
-    from flan_t5_detox.contract.outputs import check_writable
-    from flan_t5_detox.ml import adapters, data, evaluation, report, runtime, shards
-    from flan_t5_detox.ml.loading import load_tokenizer
-    from flan_t5_detox.ml.measurements import Measurements
-    from flan_t5_detox.ml.rewards import RewardModel
+class EvaluateRecipe:
+    """One host of the evaluate job: `setup`, `measure`, `save`."""
 
-    # Setup: the report folder, inputs and data first, so bad input fails before the models load.
-    check_writable(env.output(REPORT_OUTPUT), "the report folder")
-    inputs = evaluation_inputs(env, config, scratch)
-    curves, training_summary = report.read_training_output(inputs.training_output)
-    test = data.load_splits(inputs.dataset, config).test
-    examples = evaluation.select_examples(test, config.num_samples)
-    # On one host: all of them. Blocks are whole generation batches.
-    positions = shards.block(len(examples), env.host_index, len(env.hosts), config.generation_batch_size)
-    machine = runtime.setup(config.dtype, config.num_threads)
-    reward_model = RewardModel(
-        inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
-    )
-    reward_model.index_of(config.toxic_label)
-    tokenizer = load_tokenizer(inputs.base_model)
-    with named_as_given(inputs):
-        before = adapters.load_merged(inputs.base_model, inputs.before_adapter, machine.dtype)
-        after = adapters.load_merged(inputs.base_model, inputs.after_adapter, machine.dtype)
-    log.info(
-        "dtype=%s threads=%d samples=%d of test split %d; this host (%s, %d of %d) measures %d",
-        machine.dtype_name,
-        machine.threads,
-        len(examples),
-        len(test),
-        env.current_host,
-        env.host_index + 1,
-        len(env.hosts),
-        len(positions),
-    )
+    def __init__(self, env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path):
+        self.env, self.config, self.scratch = env, config, scratch
 
-    # Run: this host's dialogues through both models, then every adapter the train job kept.
-    mine = [examples[p] for p in positions]
+    def setup(self) -> None:
+        """The report folder, inputs and data first, so bad input fails before the models load."""
+        from flan_t5_detox.contract.inputs import evaluation_inputs, named_as_given
+        from flan_t5_detox.contract.outputs import check_writable
+        from flan_t5_detox.ml import adapters, data, evaluation, report, runtime, shards
+        from flan_t5_detox.ml.loading import load_tokenizer
+        from flan_t5_detox.ml.rewards import RewardModel
 
-    def measure(model):
-        if not mine:  # more hosts than generation batches: this one's part is empty
-            return evaluation.Side.empty()
-        return evaluation.evaluate_model(model, tokenizer, mine, reward_model, config, positions)
-
-    kept = adapters.step_adapters(inputs.after_adapter)
-    info = adapters.read_adapter_info(inputs.after_adapter)  # kept steps come with it: our train job's
-    final_step = int(info["ppo_steps"]) if kept and info else None
-    measured = Measurements(
-        examples=mine,
-        positions=positions,
-        sample_size=len(examples),
-        test_split_size=len(test),
-        before=measure(before),
-        after=measure(after),
-        steps={
-            step: measure(adapters.load_merged(inputs.base_model, folder, machine.dtype))
-            for step, folder in kept.items()
-            if final_step is not None and step != final_step
-        },
-        final_step=final_step,
-    )
-
-    # Save: the report, or on one of several hosts this host's part of it.
-    context = report.ReportContext(
-        settings=config,
-        sources={
-            "base_model": evaluation.describe_source(inputs.base_model),
-            "before_adapter": evaluation.describe_source(
-                inputs.before_adapter, inputs.as_given["before_adapter"]
-            ),
-            "after_adapter": evaluation.describe_source(
-                inputs.after_adapter, inputs.as_given["after_adapter"]
-            ),
-            "reward_model": evaluation.describe_source(inputs.reward_model),
-        },
-        versions=runtime.versions(),
-        runtime=machine.describe(),
-        training=curves,
-        training_summary=training_summary,
-    )
-    if len(env.hosts) > 1:
-        part = shards.write_part(
-            env.output(REPORT_OUTPUT), env.current_host, measured, report.context_json(context)
+        env, config = self.env, self.config
+        check_writable(env.output(REPORT_OUTPUT), "the report folder")
+        self.inputs = inputs = evaluation_inputs(env, config, self.scratch)
+        self.curves, self.training_summary = report.read_training_output(inputs.training_output)
+        self.test = data.load_splits(inputs.dataset, config).test
+        self.examples = evaluation.select_examples(self.test, config.num_samples)
+        # On one host: all of them. Blocks are whole generation batches.
+        self.positions = shards.block(
+            len(self.examples), env.host_index, len(env.hosts), config.generation_batch_size
         )
-        log.info("part: %s (merge all hosts' parts with `evaluate merge`)", part)
-        return 0
-    return report_measurements(env, measured, context)
+        self.machine = runtime.setup(config.dtype, config.num_threads)
+        self.reward_model = RewardModel(
+            inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
+        )
+        self.reward_model.index_of(config.toxic_label)
+        self.tokenizer = load_tokenizer(inputs.base_model)
+        with named_as_given(inputs):
+            self.before = adapters.load_merged(inputs.base_model, inputs.before_adapter, self.machine.dtype)
+            self.after = adapters.load_merged(inputs.base_model, inputs.after_adapter, self.machine.dtype)
+        log.info(
+            "dtype=%s threads=%d samples=%d of test split %d; this host (%s, %d of %d) measures %d",
+            self.machine.dtype_name, self.machine.threads, len(self.examples), len(self.test),
+            env.current_host, env.host_index + 1, len(env.hosts), len(self.positions),
+        )  # fmt: skip
+
+    def measure(self) -> Measurements:
+        """This host's dialogues through both models, then every adapter the train job kept."""
+        from flan_t5_detox.ml import adapters
+        from flan_t5_detox.ml.measurements import Measurements
+
+        kept = adapters.step_adapters(self.inputs.after_adapter)
+        info = adapters.read_adapter_info(
+            self.inputs.after_adapter
+        )  # kept steps come with it: our train job's
+        final_step = int(info["ppo_steps"]) if kept and info else None
+        return Measurements(
+            examples=[self.examples[p] for p in self.positions],
+            positions=self.positions,
+            sample_size=len(self.examples),
+            test_split_size=len(self.test),
+            before=self._measure(self.before),
+            after=self._measure(self.after),
+            steps={
+                step: self._measure(adapters.load_merged(self.inputs.base_model, folder, self.machine.dtype))
+                for step, folder in kept.items()
+                if final_step is not None and step != final_step
+            },
+            final_step=final_step,
+        )
+
+    def _measure(self, model):
+        from flan_t5_detox.ml import evaluation
+
+        if not self.positions:  # more hosts than generation batches: this one's part is empty
+            return evaluation.Side.empty()
+        mine = [self.examples[p] for p in self.positions]
+        return evaluation.evaluate_model(
+            model, self.tokenizer, mine, self.reward_model, self.config, self.positions
+        )
+
+    def context(self):
+        """How the measurements were made, for the report."""
+        from flan_t5_detox.ml import evaluation, report, runtime
+
+        inputs = self.inputs
+        return report.ReportContext(
+            settings=self.config,
+            sources={
+                "base_model": evaluation.describe_source(inputs.base_model),
+                "before_adapter": evaluation.describe_source(
+                    inputs.before_adapter, inputs.as_given["before_adapter"]
+                ),
+                "after_adapter": evaluation.describe_source(
+                    inputs.after_adapter, inputs.as_given["after_adapter"]
+                ),
+                "reward_model": evaluation.describe_source(inputs.reward_model),
+            },
+            versions=runtime.versions(),
+            runtime=self.machine.describe(),
+            training=self.curves,
+            training_summary=self.training_summary,
+        )
+
+    def save(self, measured: Measurements) -> int:
+        """The report, or on one of several hosts this host's part of it."""
+        from flan_t5_detox.ml import report, shards
+
+        context = self.context()
+        if len(self.env.hosts) > 1:
+            output = self.env.output(REPORT_OUTPUT)
+            part = shards.write_part(output, self.env.current_host, measured, report.context_json(context))
+            log.info("part: %s (merge all hosts' parts with `evaluate merge`)", part)
+            return 0
+        return report_measurements(self.env, measured, context)
+
+
+def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> int:
+    recipe = EvaluateRecipe(env, config, scratch)
+    recipe.setup()
+    return recipe.save(recipe.measure())
 
 
 def merge(env: ProcessingJobEnvironment) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -22,12 +21,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flan_t5_detox.contract.cluster import rendezvous
+from flan_t5_detox.contract.cluster import Rendezvous, rendezvous
 from flan_t5_detox.contract.environment import TrainingJobEnvironment
 from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
 from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
 from flan_t5_detox.contract.settings import TrainConfig, parse_settings
+
+if TYPE_CHECKING:
+    from flan_t5_detox.ml.training import RunOutcome
 
 log = logging.getLogger("flan_t5_detox.train")
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a process killed by it
@@ -46,100 +49,128 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> int:
-    config = parse_settings(TrainConfig, env.hyperparameters)  # fails before any model loads
-    meeting = rendezvous(env, config.processes_per_host, os.environ)
-
-    # Heavy imports only once the settings are known to be good.
-    from flan_t5_detox.contract.inputs import training_inputs
-    from flan_t5_detox.contract.metrics import MetricsLog
-    from flan_t5_detox.contract.outputs import check_writable, publish
-    from flan_t5_detox.ml import adapters, data, distributed, runtime
-    from flan_t5_detox.ml.loading import load_tokenizer
-    from flan_t5_detox.ml.policy import build_policy
-    from flan_t5_detox.ml.ppo import DetoxTrainer
-    from flan_t5_detox.ml.rewards import RewardModel
-    from flan_t5_detox.ml.training import TrainingRun
-
+def check_split(config: TrainConfig, meeting: Rendezvous) -> None:
+    """The batch sizes are global: every process must get the same share."""
     if config.batch_size % meeting.world_size or config.mini_batch_size % meeting.world_size:
         raise JobInputError(
             f"batch_size ({config.batch_size}) and mini_batch_size ({config.mini_batch_size}) are "
             f"global, split over {meeting.world_size} processes ({meeting.nodes} hosts x "
             f"{meeting.processes_per_host}): make both multiples of {meeting.world_size}"
         )
-    # Setup: outputs, inputs and data first, so bad input fails before the models load.
-    check_writable(env.model_dir, "the model folder")
-    check_writable(env.output_data_dir, "the output data folder")
-    check_writable(env.checkpoint_dir, "the checkpoint folder")
-    inputs = training_inputs(env, config, scratch)
-    prompts = data.training_prompts(inputs.dataset, config)
-    machine = runtime.setup(config.dtype, config.num_threads, config.processes_per_host)
-    world = distributed.join(meeting, local_rank, config.collective_timeout)
-    log.info(
-        "rank %d/%d dtype=%s threads=%d train_prompts=%d",
-        world.rank,
-        world.size,
-        machine.dtype_name,
-        machine.threads,
-        len(prompts),
-    )
-    tokenizer = load_tokenizer(inputs.base_model)
-    summarization = adapters.read_lora_config(inputs.peft_checkpoint)
-    policy = build_policy(
-        adapters.load_merged(inputs.base_model, inputs.peft_checkpoint, machine.dtype),
-        summarization,
-        config.seed,
-    )
-    reward_model = RewardModel(
-        inputs.reward_model, config.reward_label, config.reward_input, batch_size=config.batch_size
-    )
-    trainer = DetoxTrainer(config, policy, tokenizer, prompts, reward_model.rewards, world)
 
-    # Run. Adapters kept along the way live beside the checkpoints, so a restarted job has them.
-    started = time.time()
-    metrics = MetricsLog(env.output_data_dir / METRICS_FILE)
-    provenance = adapters.Provenance(**inputs.provenance, reward_label=config.reward_label)
-    kept = env.checkpoint_dir / adapters.STEPS_DIR
 
-    def keep_adapter(step: int) -> None:
-        if config.save_adapter_every and step % config.save_adapter_every == 0:
-            adapters.save_adapter(kept / str(step), policy, inputs.peft_checkpoint, provenance, step)
+class TrainRecipe:
+    """One rank of the train job: `setup`, `train`, `save`. Settings are parsed first, so bad
+    ones fail before anything heavy is imported or any model loads."""
 
-    run = TrainingRun(trainer, env.checkpoint_dir, metrics, config.checkpoint_every, keep_adapter)
-    run.resume()
-    outcome = run.run(config.max_ppo_steps)
-    distributed.leave(world)
+    def __init__(self, env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0):
+        self.env, self.scratch, self.local_rank = env, scratch, local_rank
+        self.config = parse_settings(TrainConfig, env.hyperparameters)
+        self.meeting = rendezvous(env, self.config.processes_per_host, os.environ)
+        check_split(self.config, self.meeting)
+
+    def setup(self) -> None:
+        """Outputs, inputs and data first, so bad input fails before the models load."""
+        from flan_t5_detox.contract.inputs import training_inputs
+        from flan_t5_detox.contract.outputs import check_writable
+        from flan_t5_detox.ml import adapters, data, distributed, runtime
+        from flan_t5_detox.ml.loading import load_tokenizer
+        from flan_t5_detox.ml.policy import build_policy
+        from flan_t5_detox.ml.ppo import DetoxTrainer
+        from flan_t5_detox.ml.rewards import RewardModel
+
+        env, config = self.env, self.config
+        for folder, what in (
+            (env.model_dir, "model"),
+            (env.output_data_dir, "output data"),
+            (env.checkpoint_dir, "checkpoint"),
+        ):
+            check_writable(folder, f"the {what} folder")
+        self.inputs = training_inputs(env, config, self.scratch)
+        prompts = data.training_prompts(self.inputs.dataset, config)
+        self.machine = runtime.setup(config.dtype, config.num_threads, config.processes_per_host)
+        self.world = distributed.join(self.meeting, self.local_rank, config.collective_timeout)
+        log.info(
+            "rank %d/%d dtype=%s threads=%d train_prompts=%d",
+            self.world.rank,
+            self.world.size,
+            self.machine.dtype_name,
+            self.machine.threads,
+            len(prompts),
+        )
+        self.tokenizer = load_tokenizer(self.inputs.base_model)
+        summarizer = adapters.load_merged(
+            self.inputs.base_model, self.inputs.peft_checkpoint, self.machine.dtype
+        )
+        summarization = adapters.read_lora_config(self.inputs.peft_checkpoint)
+        self.policy = build_policy(summarizer, summarization, config.seed)
+        reward_model = RewardModel(
+            self.inputs.reward_model, config.reward_label, config.reward_input, batch_size=config.batch_size
+        )
+        self.trainer = DetoxTrainer(
+            config, self.policy, self.tokenizer, prompts, reward_model.rewards, self.world
+        )
+        self.provenance = adapters.Provenance(**self.inputs.provenance, reward_label=config.reward_label)
+
+    def train(self) -> RunOutcome:
+        """PPO steps to `max_ppo_steps`, resumed from the newest checkpoint. Adapters kept along
+        the way live beside the checkpoints, so a restarted job still has them."""
+        from flan_t5_detox.contract.metrics import MetricsLog
+        from flan_t5_detox.ml import adapters, distributed
+        from flan_t5_detox.ml.training import TrainingRun
+
+        env, config = self.env, self.config
+        keeper = adapters.AdapterKeeper(
+            env.checkpoint_dir,
+            config.save_adapter_every,
+            self.policy,
+            self.inputs.peft_checkpoint,
+            self.provenance,
+        )
+        metrics = MetricsLog(env.output_data_dir / METRICS_FILE)
+        run = TrainingRun(self.trainer, env.checkpoint_dir, metrics, config.checkpoint_every, keeper)
+        self.started = time.time()
+        run.resume()
+        outcome = run.run(config.max_ppo_steps)
+        distributed.leave(self.world)
+        return outcome
+
+    def save(self, outcome: RunOutcome) -> None:
+        """model/ (whole or not at all) and output/data/training_summary.json; rank 0 only."""
+        from flan_t5_detox.contract.summary import TrainingSummary
+        from flan_t5_detox.ml import adapters, runtime
+
+        info = adapters.publish_detox_model(
+            self.env.model_dir,
+            self.policy,
+            self.tokenizer,
+            self.inputs.peft_checkpoint,
+            self.provenance,
+            outcome.steps,
+            kept_in=self.env.checkpoint_dir,
+        )
+        summary = TrainingSummary.from_history(
+            self.trainer.history,  # steps 1..N, whichever runs did them (the checkpoints carry it)
+            steps=outcome.steps,
+            seconds_this_run=round(time.time() - self.started, 3),
+            settings=dataclasses.asdict(self.config),
+            world_size=self.world.size,
+            adapter=dataclasses.asdict(info),
+            **self.machine.describe(),
+            versions=runtime.versions(),
+        )
+        summary.write(self.env.output_data_dir)
+        log.info("done: %d steps; adapter in %s", outcome.steps, self.env.model_dir)
+
+
+def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> int:
+    recipe = TrainRecipe(env, scratch, local_rank)
+    recipe.setup()
+    outcome = recipe.train()
     if outcome.preempted:
         return EXIT_PREEMPTED
-    if not world.is_main:
-        return 0
-
-    # Save: model/ appears whole or not at all.
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=env.model_dir.parent))
-    info = adapters.save_detox_model(
-        staging, policy, tokenizer, inputs.peft_checkpoint, provenance, outcome.steps
-    )
-    for step, folder in adapters.step_adapters(env.checkpoint_dir).items():
-        if step <= outcome.steps:
-            shutil.copytree(folder, staging / adapters.STEPS_DIR / str(step))
-    publish(staging, env.model_dir)
-    history = trainer.history  # steps 1..N, whichever runs did them (the checkpoints carry it)
-    summary = {
-        "status": "completed",
-        "steps": outcome.steps,
-        "seconds_this_run": round(time.time() - started, 3),
-        "final": history[-1] if history else None,
-        "reward_mean_first": history[0]["reward_mean"] if history else None,
-        "reward_mean_last": history[-1]["reward_mean"] if history else None,
-        "settings": dataclasses.asdict(config),
-        "world_size": world.size,
-        "adapter": dataclasses.asdict(info),
-        **machine.describe(),
-        "kl_reference": "starting summarizer (summarization adapter merged; fresh LoRA trained on top)",
-        "versions": runtime.versions(),
-    }
-    (env.output_data_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("done: %d steps; adapter in %s", outcome.steps, env.model_dir)
+    if recipe.world.is_main:
+        recipe.save(outcome)
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import commands
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, LaunchError, explain_aws
-from .options import FIELDS, Options, _kind, parse_pairs, resolve
+from .options import FIELDS, Options, setting_type, parse_pairs, resolve
 
 PROG = "detox-launch"
 GIVEN = argparse.SUPPRESS  # a flag not given leaves no attribute, so env and config file apply
@@ -56,10 +56,10 @@ def _add(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
         default = getattr(defaults, name)
         help_text = meta["help"] + (f" (default: {default})" if default not in (None, "") else "")
         flag = "--" + name.replace("_", "-")
-        if _kind(name) is bool:
+        if setting_type(name) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=GIVEN, help=help_text)
         else:
-            parser.add_argument(flag, type=_kind(name), default=GIVEN, metavar=name.upper(), help=help_text)
+            parser.add_argument(flag, type=setting_type(name), default=GIVEN, metavar=name.upper(), help=help_text)
 
 
 def _tables(parser: argparse.ArgumentParser, *flags: str) -> None:

@@ -9,13 +9,14 @@ variables instead (AWS_PROFILE, AWS_REGION / AWS_DEFAULT_REGION). The tables `hy
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flan_t5_detox.contract.settings import did_you_mean
 
 from .errors import LaunchError
 
@@ -80,7 +81,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 TYPES = typing.get_type_hints(Options)
 
 
-def _kind(name: str) -> type:
+def setting_type(name: str) -> type:
+    """The Python type a launcher setting takes (bool, int, float or str), from its annotation."""
     hint = TYPES[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
@@ -88,7 +90,7 @@ def _kind(name: str) -> type:
 
 def coerce(name: str, value, source: str):
     """Convert a value from the environment or a config file to the setting's type."""
-    kind = _kind(name)
+    kind = setting_type(name)
     if value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     text = str(value).strip()
@@ -126,10 +128,7 @@ def load_config_file(path: str | Path) -> dict:
         raise LaunchError(f"{path}: expected a table of settings")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
-        hints = [
-            repr(u) + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, FIELDS, 1)) else "")
-            for u in unknown
-        ]
+        hints = [did_you_mean(u, FIELDS) for u in unknown]
         raise LaunchError(f"{path}: unknown setting(s) {', '.join(hints)}")
     for name in TABLES:
         if not isinstance(data.get(name, {}), dict):

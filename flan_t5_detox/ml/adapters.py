@@ -1,4 +1,4 @@
-"""LoRA adapters: read, validate against a base model, merge, concatenate, save.
+"""LoRA adapters: read, validate against a base model, merge, concatenate, save, publish.
 
 Why two adapters: trl 0.4 computes a PEFT policy's reference log-probs by *disabling its
 adapter*. Were PPO to train the summarization adapter itself, the reference would be bare
@@ -16,6 +16,8 @@ B1 A1 s1 + B2 A2 s2 = [B1 s1/s, B2 s2/s][A1; A2] s), so users load `model/` with
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict
 
 from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.outputs import publish
 from flan_t5_detox.contract.paths import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, VALUE_HEAD_WEIGHTS
 from flan_t5_detox.ml.loading import load_seq2seq, read_weight_file
 
@@ -184,6 +187,42 @@ def save_detox_model(
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "README.md").write_text(MODEL_README.format(base=info.base_model, rank=info.rank))
     return info
+
+
+def publish_detox_model(
+    model_dir: Path,
+    policy,
+    tokenizer,
+    summarization_dir: Path,
+    provenance: Provenance,
+    ppo_steps: int,
+    kept_in: Path,
+) -> AdapterInfo:
+    """Write model/ whole or not at all: the detoxified adapter and the adapters kept at steps up
+    to `ppo_steps` (found under `kept_in`, the checkpoints folder), staged beside it, published."""
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=Path(model_dir).parent))
+    info = save_detox_model(staging, policy, tokenizer, summarization_dir, provenance, ppo_steps)
+    for step, folder in step_adapters(kept_in).items():
+        if step <= ppo_steps:
+            shutil.copytree(folder, staging / STEPS_DIR / str(step))
+    publish(staging, Path(model_dir))
+    return info
+
+
+@dataclass
+class AdapterKeeper:
+    """Keeps a loadable adapter every `every` PPO steps (0 = never) under `folder`/steps/<n>."""
+
+    folder: Path
+    every: int
+    policy: object
+    summarization_dir: Path
+    provenance: Provenance
+
+    def __call__(self, step: int) -> None:
+        if self.every and step % self.every == 0:
+            target = Path(self.folder) / STEPS_DIR / str(step)
+            save_adapter(target, self.policy, self.summarization_dir, self.provenance, step)
 
 
 def read_adapter_info(folder: Path) -> dict | None:

@@ -192,7 +192,7 @@ def _short_dialogues(dest):
         ("empty_test_split", "only 0 dialogue(s)"),
         ("reward_model_without_label", "has no label 'nothate'"),
         ("bad_setting", "num_samples must be >= 0"),
-        ("unknown_argument", "did you mean --num-samples"),
+        ("unknown_argument", "did you mean '--num-samples'"),
     ],
 )
 def test_bad_input_fails_clearly_and_writes_no_report(

@@ -7,7 +7,15 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.paths import ADAPTER_WEIGHTS
-from flan_t5_detox.ml.adapters import Provenance, load_merged, read_lora_config, save_detox_model
+from flan_t5_detox.ml.adapters import (
+    AdapterKeeper,
+    Provenance,
+    load_merged,
+    publish_detox_model,
+    read_lora_config,
+    save_detox_model,
+    step_adapters,
+)
 from tests.helpers import tiny_config, tiny_splits, tiny_trainer
 
 
@@ -77,3 +85,25 @@ def test_a_damaged_adapter_file_or_foreign_target_modules_get_a_reason(tiny_mode
         JobInputError, match=r"targets modules \['q_proj', 'v_proj'\] that the base model does not"
     ):
         load_merged(tiny_models.base_model, bad)
+
+
+def test_kept_adapters_every_n_steps_and_model_published_whole_with_those_up_to_its_step(
+    tiny_models, tmp_path
+):
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    provenance = Provenance("google/flan-t5-base", "channel:peft_checkpoint", "reward", "nothate")
+    checkpoints = tmp_path / "checkpoints"
+    keep = AdapterKeeper(checkpoints, 2, trainer.policy, tiny_models.peft_checkpoint, provenance)
+    for step in range(1, 6):
+        keep(step)
+    assert list(step_adapters(checkpoints)) == [2, 4]
+    AdapterKeeper(tmp_path / "never", 0, trainer.policy, tiny_models.peft_checkpoint, provenance)(4)
+    assert not (tmp_path / "never").exists()
+
+    model_dir = tmp_path / "model"
+    info = publish_detox_model(
+        model_dir, trainer.policy, trainer.tokenizer, tiny_models.peft_checkpoint, provenance, 3, checkpoints
+    )
+    assert info.ppo_steps == 3 and list(step_adapters(model_dir)) == [2]  # step 4 is past this model's
+    assert (model_dir / ADAPTER_WEIGHTS).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "model"]  # no staging left

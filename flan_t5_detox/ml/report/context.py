@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flan_t5_detox.contract.settings import EvalConfig
+from flan_t5_detox.contract.summary import TrainingSummary
 from flan_t5_detox.ml.evaluation import Source
 from flan_t5_detox.ml.report.training_output import TrainingCurves
 
@@ -24,7 +25,7 @@ class ReportContext:
     versions: dict[str, str]
     runtime: dict[str, object]
     training: TrainingCurves | None = None
-    training_summary: dict | None = None
+    training_summary: TrainingSummary | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
@@ -41,7 +42,9 @@ def context_from_json(data: dict) -> ReportContext:
         versions=data["versions"],
         runtime=data["runtime"],
         training=TrainingCurves(**data["training"]) if data.get("training") else None,
-        training_summary=data.get("training_summary"),
+        training_summary=TrainingSummary.from_json(summary)
+        if (summary := data.get("training_summary"))
+        else None,
         created=data["created"],
     )
 

@@ -70,7 +70,7 @@ def report_data(evaluation: Evaluation, context: ReportContext, files: list[str]
             "versions": context.versions,
             "runtime": context.runtime,
             "training": dataclasses.asdict(context.training) if context.training else None,
-            "training_summary": context.training_summary,
+            "training_summary": context.training_summary.to_json() if context.training_summary else None,
             "created": context.created,
             "tradeoff": [dataclasses.asdict(point) for point in evaluation.curve],
             "files": list(files),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.metrics import read_metrics
-from flan_t5_detox.contract.paths import METRICS_FILE, TRAINING_SUMMARY
+from flan_t5_detox.contract.paths import METRICS_FILE
+from flan_t5_detox.contract.summary import TrainingSummary
 
 
 @dataclass
@@ -30,14 +30,12 @@ class TrainingCurves:
         )
 
 
-def read_training_output(folder: Path | None) -> tuple[TrainingCurves | None, dict | None]:
+def read_training_output(folder: Path | None) -> tuple[TrainingCurves | None, TrainingSummary | None]:
     """The PPO curves and the training summary from the train job's output/data/, if given."""
     if folder is None:
         return None, None
     try:
         curves = TrainingCurves.from_records(read_metrics(folder / METRICS_FILE))
-        summary_path = folder / TRAINING_SUMMARY
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     except (ValueError, KeyError, TypeError) as exc:
         raise JobInputError(f"input 'training_output': cannot read {METRICS_FILE}: {exc}") from exc
-    return curves, summary
+    return curves, TrainingSummary.read(folder)
