@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import shutil
@@ -116,7 +117,7 @@ class TrainRecipe:
         """PPO steps to `max_ppo_steps`, resumed from the newest checkpoint. Adapters kept along
         the way live beside the checkpoints, so a restarted job still has them."""
         from flan_t5_detox.contract.metrics import MetricsLog
-        from flan_t5_detox.ml import adapters, distributed
+        from flan_t5_detox.ml import adapters
         from flan_t5_detox.ml.training import TrainingRun
 
         env, config = self.env, self.config
@@ -131,9 +132,7 @@ class TrainRecipe:
         run = TrainingRun(self.trainer, env.checkpoint_dir, metrics, config.checkpoint_every, keeper)
         self.started = time.time()
         run.resume()
-        outcome = run.run(config.max_ppo_steps)
-        distributed.leave(self.world)
-        return outcome
+        return run.run(config.max_ppo_steps)
 
     def save(self, outcome: RunOutcome) -> None:
         """model/ (whole or not at all) and output/data/training_summary.json; rank 0 only."""
@@ -162,16 +161,30 @@ class TrainRecipe:
         summary.write(self.env.output_data_dir)
         log.info("done: %d steps; adapter in %s", outcome.steps, self.env.model_dir)
 
+    def close(self) -> None:
+        """Leave the process group. The trainer (with its DDP reducer, which holds the group) is
+        dropped first, while the group is still alive: freed after the group is destroyed, the
+        reducer's destructor joins gloo's worker threads and can deadlock with one of them
+        waiting for the interpreter lock."""
+        from flan_t5_detox.ml import distributed
+
+        self.trainer = self.policy = None
+        gc.collect()
+        distributed.leave(self.world)
+
 
 def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> int:
     recipe = TrainRecipe(env, scratch, local_rank)
     recipe.setup()
-    outcome = recipe.train()
-    if outcome.preempted:
-        return EXIT_PREEMPTED
-    if recipe.world.is_main:
-        recipe.save(outcome)
-    return 0
+    try:
+        outcome = recipe.train()
+        if outcome.preempted:
+            return EXIT_PREEMPTED
+        if recipe.world.is_main:
+            recipe.save(outcome)
+        return 0
+    finally:
+        recipe.close()
 
 
 def run_rank(ml_root: Path, local_rank: int = 0) -> int:
