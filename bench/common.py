@@ -21,7 +21,6 @@ from pathlib import Path
 
 from detox_launcher.local_backend import image_environment
 
-from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.fixtures.embedded import embedded_default
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,13 +45,7 @@ def image_malloc_settings() -> dict[str, str]:
 
 def embedded_channels() -> dict[str, Path]:
     """The train job's channels on the embedded default (the demo's models and sample)."""
-    models = embedded_default()
-    return {
-        "base_model": models.base_model,
-        "peft_checkpoint": models.peft_checkpoint,
-        "reward_model": models.reward_model,
-        "dataset": SAMPLE_DATASET,
-    }
+    return embedded_default().channels()
 
 
 # -- the workload -----------------------------------------------------------------------------

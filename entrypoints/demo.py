@@ -66,46 +66,21 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("made by detox-demo; rerunning the demo deletes this folder's contents\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Offline by construction: nothing below may reach for the hub.
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(name, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    import torch
-
+def run_jobs(out: Path, steps: int) -> int:
+    """The train job, then the evaluate job on what it made, in /opt/ml-style folders under `out`."""
     from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
-    from flan_t5_detox.fixtures import SAMPLE_DATASET
     from flan_t5_detox.fixtures.embedded import EMBEDDED_DIR, embedded_default
 
     from . import evaluate, train
 
-    out = args.out.resolve()
-    prepare_out(out)
-    started = time.perf_counter()
-    print(
-        f"[demo] embedded default models (shipped in {EMBEDDED_DIR}, checked against its manifest)",
-        flush=True,
-    )
-    tiny = embedded_default()
-    torch.set_num_threads(1)  # as the jobs' num_threads below: tiny models, busy machines
-    inputs = {
-        "base_model": tiny.base_model,
-        "peft_checkpoint": tiny.peft_checkpoint,
-        "reward_model": tiny.reward_model,
-        "dataset": SAMPLE_DATASET,
+    print(f"[demo] embedded default models: {EMBEDDED_DIR}, checked against its manifest", flush=True)
+    inputs = embedded_default().channels()
+    settings = {
+        **TRAIN_HYPERPARAMETERS,
+        "max_ppo_steps": steps,
+        "save_adapter_every": max(1, steps // (KEPT_ADAPTERS + 1)),
     }
-
-    train_root = write_training_layout(
-        out / "train",
-        inputs,
-        {
-            **TRAIN_HYPERPARAMETERS,
-            "max_ppo_steps": args.steps,
-            "save_adapter_every": max(1, args.steps // (KEPT_ADAPTERS + 1)),
-        },
-    )
+    train_root = write_training_layout(out / "train", inputs, settings)
     print(f"[demo] train job: detox-train --ml-root {train_root}", flush=True)
     code = train.main(["--ml-root", str(train_root)])
     if code != 0:
@@ -121,12 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     code = evaluate.main(eval_args)
     if code != 0:
         print(f"[demo] the evaluate job failed (exit {code}): see {eval_root / 'output' / 'failure'}")
-        return code
+    return code
 
-    report = eval_root / "processing" / "output" / "report" / "report.html"
-    print(f"[demo] done in {time.perf_counter() - started:.0f} s")
-    print(f"[demo] report: {report}")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Offline by construction: nothing below may reach for the hub.
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    out = args.out.resolve()
+    prepare_out(out)
+    started = time.perf_counter()
+    torch.set_num_threads(1)  # as the jobs' num_threads: tiny models, busy machines
+    code = run_jobs(out, args.steps)
+    if code == 0:
+        print(f"[demo] done in {time.perf_counter() - started:.0f} s")
+        print(f"[demo] report: {out / 'evaluate' / 'processing' / 'output' / 'report' / 'report.html'}")
+    return code
 
 
 if __name__ == "__main__":

@@ -166,20 +166,20 @@ class EvaluateRecipe:
 
     def context(self):
         """How the measurements were made, for the report."""
-        from flan_t5_detox.ml import evaluation, report, runtime
+        from flan_t5_detox.ml import report, runtime, sources
 
         inputs = self.inputs
         return report.ReportContext(
             settings=self.config,
             sources={
-                "base_model": evaluation.describe_source(inputs.base_model),
-                "before_adapter": evaluation.describe_source(
+                "base_model": sources.describe_source(inputs.base_model),
+                "before_adapter": sources.describe_source(
                     inputs.before_adapter, inputs.as_given["before_adapter"]
                 ),
-                "after_adapter": evaluation.describe_source(
+                "after_adapter": sources.describe_source(
                     inputs.after_adapter, inputs.as_given["after_adapter"]
                 ),
-                "reward_model": evaluation.describe_source(inputs.reward_model),
+                "reward_model": sources.describe_source(inputs.reward_model),
             },
             versions=runtime.versions(),
             runtime=self.machine.describe(),

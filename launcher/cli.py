@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import commands
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, LaunchError, explain_aws
-from .options import FIELDS, Options, setting_type, parse_pairs, resolve
+from .options import FIELDS, Options, parse_pairs, resolve, setting_type
 
 PROG = "detox-launch"
 GIVEN = argparse.SUPPRESS  # a flag not given leaves no attribute, so env and config file apply
@@ -59,7 +59,9 @@ def _add(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
         if setting_type(name) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=GIVEN, help=help_text)
         else:
-            parser.add_argument(flag, type=setting_type(name), default=GIVEN, metavar=name.upper(), help=help_text)
+            parser.add_argument(
+                flag, type=setting_type(name), default=GIVEN, metavar=name.upper(), help=help_text
+            )
 
 
 def _tables(parser: argparse.ArgumentParser, *flags: str) -> None:
@@ -120,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     waiting = argparse.ArgumentParser(add_help=False)
     _add(waiting, WAIT)
+    _add_job_commands(command, waiting)
+    _add_job_tools(command, waiting)
+    _add_local_command(command, common)
+    return parser
 
+
+def _add_job_commands(command, waiting: argparse.ArgumentParser) -> None:
+    """train, evaluate and pipeline: submit jobs to SageMaker."""
     for kind, job in (("train", "training"), ("evaluate", "processing")):
         p = command(kind, f"submit the {kind} job as a SageMaker {job} job", _job_parent(kind, True), waiting)
         _add(p, ("wait",))
@@ -135,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("detox-report"), help="where the report goes (default: %(default)s)"
     )
 
+
+def _add_job_tools(command, waiting: argparse.ArgumentParser) -> None:
+    """wait, stop, list, fetch and upload: working with jobs and their S3 data."""
     p = command("wait", "wait for a job, showing status changes and logs; exit 0 if it completed", waiting)
     p.add_argument("name", help="training or processing job name")
     p = command("stop", "stop a running job (the train job checkpoints on SIGTERM)", waiting)
@@ -152,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="local file or folder")
     p.add_argument("uri", help="destination s3:// URI (a folder when it ends with /)")
 
+
+def _add_local_command(command, common: argparse.ArgumentParser) -> None:
+    """local train|evaluate: the jobs on this machine."""
     p = command("local", "run a job on this machine: under Docker, or --no-docker as a plain process")
     local_sub = p.add_subparsers(dest="kind", required=True, metavar="JOB")
     for kind, help_text in (
@@ -165,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument(
             "--dry-run", action="store_true", help="build the /opt/ml layout and print the command only"
         )
-    return parser
 
 
 def _flags(args: argparse.Namespace) -> dict:

@@ -64,12 +64,7 @@ def train_layout(tmp_path, tiny_models, sample_dataset):
             "num_threads": 1,
         }
         settings.update(hyperparameters)
-        channels = {
-            "base_model": tiny_models.base_model,
-            "peft_checkpoint": tiny_models.peft_checkpoint,
-            "reward_model": tiny_models.reward_model,
-            "dataset": sample_dataset,
-        }
+        channels = tiny_models.channels(sample_dataset)
         return write_training_layout(
             tmp_path / name, channels, settings, hosts=hosts, current_host=current_host
         )

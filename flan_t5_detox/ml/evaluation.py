@@ -13,19 +13,15 @@ ruining the summaries shows. The headline is the toxicity of what the reward rea
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from flan_t5_detox.contract.failure import JobInputError
-from flan_t5_detox.contract.paths import ADAPTER_INFO
 from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml import generation
 from flan_t5_detox.ml.data import Example
@@ -197,33 +193,6 @@ def compare(before: Side, after: Side, config: EvalConfig) -> dict[str, PairedCo
         )
         for name in METRICS
     }
-
-
-@dataclass
-class Source:
-    """Where a model or adapter came from, and fingerprints of its files."""
-
-    location: str
-    sha256: dict[str, str] = field(default_factory=dict)
-    info: dict | None = None  # adapter_info.json of a trained adapter
-
-
-def describe_source(location: str | Path, origin: str | Path | None = None) -> Source:
-    """Fingerprint `location`; `origin` names where it came from when that differs (an unpacked tarball)."""
-    path = Path(location)
-    if not path.is_dir():  # a hub name
-        return Source(location=str(location))
-    digests = {}
-    for item in sorted(path.iterdir()):
-        if item.is_file() and item.suffix in (".bin", ".safetensors", ".json", ".model"):
-            digest = hashlib.sha256()
-            with item.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            digests[item.name] = digest.hexdigest()
-    info_path = path / ADAPTER_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    return Source(location=str(origin or path), sha256=digests, info=info)
 
 
 def run(

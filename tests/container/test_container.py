@@ -151,11 +151,8 @@ def test_train_then_evaluate_in_containers(image, train_layout, tiny_models, sam
     processing = write_processing_layout(
         tmp_path / "processing",
         {
-            "base_model": tiny_models.base_model,
-            "peft_checkpoint": tiny_models.peft_checkpoint,
+            **tiny_models.channels(sample_dataset),
             "detoxified": model_dir,
-            "dataset": sample_dataset,
-            "reward_model": tiny_models.reward_model,
             "training_output": root / "output" / "data",
         },
     )

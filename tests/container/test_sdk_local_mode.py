@@ -105,12 +105,7 @@ def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, s
         environment={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
         sagemaker_session=session,
     )
-    channels = {
-        "base_model": tiny_models.base_model,
-        "peft_checkpoint": tiny_models.peft_checkpoint,
-        "reward_model": tiny_models.reward_model,
-        "dataset": dataset_dir,
-    }
+    channels = tiny_models.channels(dataset_dir)
     with _compose_cleaned():
         estimator.fit({name: f"file://{path}" for name, path in channels.items()}, wait=True)
 
@@ -186,13 +181,7 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
     client = s3_test_client(s3_server.url)
     bucket = f"detox-sdk-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
-    sources = {
-        "base_model": tiny_models.base_model,
-        "peft_checkpoint": tiny_models.peft_checkpoint,
-        "reward_model": tiny_models.reward_model,
-        "dataset": Path(sample_dataset),
-        "detoxified": trained / "model",
-    }
+    sources = {**tiny_models.channels(Path(sample_dataset)), "detoxified": trained / "model"}
     inputs = _uploaded_inputs(client, bucket, sources)
     session = _sdk_local_session(tmp_path, s3_server.url)
     settings = ["--num-samples", "8", "--generation-batch-size", "4", "--max-new-tokens", "12"]

@@ -35,12 +35,7 @@ def trained(tmp_path_factory, tiny_models, sample_dataset):
     model/steps/) and output/data/."""
     root = write_training_layout(
         tmp_path_factory.mktemp("train") / "ml",
-        {
-            "base_model": tiny_models.base_model,
-            "peft_checkpoint": tiny_models.peft_checkpoint,
-            "reward_model": tiny_models.reward_model,
-            "dataset": sample_dataset,
-        },
+        tiny_models.channels(sample_dataset),
         {
             "max_ppo_steps": 3,
             "batch_size": 8,
@@ -56,11 +51,8 @@ def trained(tmp_path_factory, tiny_models, sample_dataset):
 
 def _inputs(tiny_models, sample_dataset, trained, **overrides):
     inputs = {
-        "base_model": tiny_models.base_model,
-        "peft_checkpoint": tiny_models.peft_checkpoint,
+        **tiny_models.channels(sample_dataset),
         "detoxified": trained / "model",
-        "dataset": sample_dataset,
-        "reward_model": tiny_models.reward_model,
         "training_output": trained / "output" / "data",
     }
     inputs.update(overrides)

@@ -12,8 +12,8 @@ import numpy as np
 
 from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.contract.summary import TrainingSummary
-from flan_t5_detox.ml.evaluation import Source
 from flan_t5_detox.ml.report.training_output import TrainingCurves
+from flan_t5_detox.ml.sources import Source
 
 
 @dataclass

@@ -7,8 +7,9 @@ import numpy as np
 
 from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml import evaluation
-from flan_t5_detox.ml.evaluation import Evaluation, Side, Source
+from flan_t5_detox.ml.evaluation import Evaluation, Side
 from flan_t5_detox.ml.report import ReportContext, TrainingCurves
+from flan_t5_detox.ml.sources import Source
 from tests.helpers import tiny_config, tiny_splits
 
 N = 30
