@@ -1,6 +1,6 @@
 """Where the reward's variance over a batch comes from: the query or the response.
 
-    python -m bench.reward_input        # the embedded default (built once and cached)
+    python -m bench.reward_input        # the embedded default (the shipped files)
 
 For each test prompt (at most 64) the starting summarizer samples 8 responses (the rollout's own
 sampling). Each pair is scored on both reward inputs. The reward's variance over all pairs
