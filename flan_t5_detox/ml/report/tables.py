@@ -46,6 +46,27 @@ def sample_note(evaluation: Evaluation, context: ReportContext) -> str | None:
     return None
 
 
+def verdict(evaluation: Evaluation) -> dict:
+    """The figures a quality gate reads (e.g. the native pipeline's ConditionStep, by JsonGet on
+    `verdict.*`): the paired difference of the toxicity PPO lowered, and of ROUGE-L, with their CIs.
+    A gate passes when `toxicity_diff_ci_high < 0` (significant detoxification) and
+    `rouge_l_diff_ci_low > -max_rouge_drop` (summaries kept)."""
+    tox = evaluation.comparisons[evaluation.trained_toxicity]
+    rouge = evaluation.comparisons["rougeL"]
+    return {
+        "toxicity_metric": evaluation.trained_toxicity,
+        "toxicity_judge": "reward_model",
+        "toxicity_diff": tox.mean_diff,
+        "toxicity_diff_ci_low": tox.ci_low,
+        "toxicity_diff_ci_high": tox.ci_high,
+        "toxicity_t_p": tox.t_p,
+        "rouge_l_diff": rouge.mean_diff,
+        "rouge_l_diff_ci_low": rouge.ci_low,
+        "rouge_l_diff_ci_high": rouge.ci_high,
+        "sample_size": evaluation.n,
+    }
+
+
 def report_data(evaluation: Evaluation, context: ReportContext, files: list[str]) -> dict:
     """report.json: every figure and how it was made; `files` are the report's other files."""
     comparisons = {name: dataclasses.asdict(c) for name, c in evaluation.comparisons.items()}
@@ -57,6 +78,7 @@ def report_data(evaluation: Evaluation, context: ReportContext, files: list[str]
             "difference": "after - before, paired by test dialogue",
             "reward_input": evaluation.reward_input,
             "headline_metric": evaluation.trained_toxicity,
+            "verdict": verdict(evaluation),
             "toxicity_relative_improvement": {
                 **toxicity_improvement(evaluation.comparisons[evaluation.trained_toxicity]),
                 "metric": evaluation.trained_toxicity,

@@ -109,3 +109,14 @@ def test_the_tradeoff_curve_is_in_every_report_format(tmp_path):
     assert page.count("<tr><td>") >= 5 and "tradeoff.png" in page
     assert imread(out / "tradeoff.png").shape[2] in (3, 4)
     assert "mean toxicity of the response alone" in page  # the headline names what was trained on
+
+
+def test_verdict_holds_the_figures_a_quality_gate_reads(tmp_path):
+    result = synthetic_evaluation()
+    write_report(tmp_path, result, context())
+    verdict = json.loads((tmp_path / "report.json").read_text())["verdict"]
+    tox, rouge = result.comparisons[result.trained_toxicity], result.comparisons["rougeL"]
+    assert verdict["toxicity_metric"] == result.trained_toxicity
+    assert verdict["toxicity_diff_ci_high"] == pytest.approx(tox.ci_high)
+    assert verdict["rouge_l_diff_ci_low"] == pytest.approx(rouge.ci_low)
+    assert verdict["sample_size"] == result.n
