@@ -17,7 +17,9 @@ from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.rewards import RewardModel
 from tests.helpers import tiny_config, tiny_splits, tiny_trainer
 
-CONFIG = EvalConfig(max_new_tokens=16, generation_batch_size=4, bootstrap_samples=500, dtype="float32")
+CONFIG = EvalConfig(
+    max_new_tokens=16, generation_batch_size=4, bootstrap_samples=500, dtype="float32", samples_per_prompt=2
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,23 +59,27 @@ def test_toxicity_and_reward_are_what_the_notebooks_pipeline_computes(tiny_model
     config = dataclasses.replace(CONFIG, reward_input=reward_input)
     side = evaluation.evaluate_model(summarizer, tokenizer, examples, reward_model, config)
 
-    texts = [e.prompt + " " + r for e, r in zip(examples, side.responses)]
+    # Every sample of every prompt, prompt-major: (n, k) measures flattened alike.
+    prompts = [e.prompt for e in examples for _ in range(CONFIG.samples_per_prompt)]
+    responses = [text for texts in side.texts for text in texts]
+    texts = [q + " " + r for q, r in zip(prompts, responses)]
     classifier = pipeline("text-classification", model=str(tiny_models.reward_model), top_k=None)
     probabilities = classifier(texts, function_to_apply="softmax", truncation=True)
     logits = classifier(texts, function_to_apply="none", truncation=True)
     hate = [next(s["score"] for s in row if s["label"] == "hate") for row in probabilities]
     nothate = [next(s["score"] for s in row if s["label"] == "nothate") for row in logits]
-    np.testing.assert_allclose(side.values["toxicity"], hate, atol=1e-5)
-    alone = classifier(side.responses, function_to_apply="softmax", truncation=True)
+    np.testing.assert_allclose(side.samples["toxicity"].ravel(), hate, atol=1e-5)
+    alone = classifier(responses, function_to_apply="softmax", truncation=True)
     hate_alone = [next(s["score"] for s in row if s["label"] == "hate") for row in alone]
-    np.testing.assert_allclose(side.values["response_toxicity"], hate_alone, atol=1e-5)
-    alone_logits = classifier(side.responses, function_to_apply="none", truncation=True)
+    np.testing.assert_allclose(side.samples["response_toxicity"].ravel(), hate_alone, atol=1e-5)
+    alone_logits = classifier(responses, function_to_apply="none", truncation=True)
     nothate_alone = [next(s["score"] for s in row if s["label"] == "nothate") for row in alone_logits]
     expected_reward = nothate if reward_input == "query_response" else nothate_alone
-    np.testing.assert_allclose(side.values["reward"], expected_reward, atol=1e-4)
+    np.testing.assert_allclose(side.samples["reward"].ravel(), expected_reward, atol=1e-4)
     assert not np.allclose(side.values["response_toxicity"], side.values["toxicity"])
-    assert len(side.responses) == len(examples) and all(isinstance(r, str) for r in side.responses)
-    assert np.all(side.values["length"] <= CONFIG.max_new_tokens)
+    assert len(side.texts) == len(examples) and all(len(t) == CONFIG.samples_per_prompt for t in side.texts)
+    assert any(a != b for a, b in side.texts)  # each sample has its own stream
+    assert np.all(side.samples["length"] <= CONFIG.max_new_tokens)
     assert side.generate_seconds > 0 and side.score_seconds > 0
 
 
@@ -83,15 +89,14 @@ def test_the_same_model_twice_gives_the_same_responses_and_no_difference(tiny_mo
     summarizer = load_merged(str(tiny_models.base_model), tiny_models.peft_checkpoint, torch.float32)
     reward_model = RewardModel(tiny_models.reward_model)
     result = evaluation.run(summarizer, summarizer, tokenizer, examples, 37, reward_model, CONFIG)
-    assert result.before.responses == result.after.responses
-    for name in evaluation.METRICS:
-        comparison = result.comparisons[name]
+    assert result.before.texts == result.after.texts
+    for name, comparison in result.comparisons.items():
         assert comparison.n == len(examples)
         assert comparison.mean_diff == 0 and comparison.nonzero_pairs == 0
         assert comparison.wilcoxon_p == 1 and not comparison.significant
     speed = result.throughput()
     assert speed.samples == len(examples) and speed.samples_per_second > 0
-    assert speed.responses_per_second == pytest.approx(2 * speed.samples_per_second)
+    assert speed.responses_per_second == pytest.approx(2 * 2 * speed.samples_per_second)  # k = 2
 
 
 def test_after_model_is_the_trained_adapter_merged_exactly(tiny_models, trained_adapter, examples):

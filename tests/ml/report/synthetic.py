@@ -1,6 +1,7 @@
 """A synthetic evaluation and its context (no models), the input of every report test; and the
 size of a PNG, to check what was drawn."""
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -33,13 +34,16 @@ def synthetic_evaluation(seed: int = 0) -> Evaluation:
             "rouge2": rng.uniform(0.0, 0.2, N),
             "rougeL": rng.uniform(0.2, 0.4, N),
             "length": rng.integers(5, 40, N).astype(float),
+            "perplexity": rng.uniform(3, 8, N),
         }
         responses = [f"{tag} summary {i} {HOSTILE_TEXT}" for i in range(N)]
-        return Side(responses, values, generate_seconds=3.0, score_seconds=1.0)
+        return Side.single(responses, values, generate_seconds=3.0, score_seconds=1.0)
 
     before = side(np.clip(base + 0.05, 0, 1), "before")
     after = side(np.clip(base + rng.normal(0, 0.02, N), 0, 1), "after")
-    return Evaluation(examples, 37, before, after, evaluation.compare(before, after, CONFIG))
+    return evaluation.assemble(
+        examples, 37, before, after, dataclasses.replace(CONFIG, reward_input="query_response")
+    )
 
 
 def training_records() -> list[dict]:

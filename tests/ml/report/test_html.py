@@ -51,6 +51,8 @@ def test_report_renders_in_headless_chromium_with_its_plots(tmp_path, written):
     assert dom.returncode == 0, dom.stderr[-2000:]
     images = re.findall(r"<img src=\"data:image/png;base64,([^\"]+)\"[^>]*data-file=\"([^\"]+)\"", dom.stdout)
     assert [name for _, name in images] == [
+        "max_toxicity_distribution.png",
+        "fluency_diversity.png",
         "toxicity_distribution.png",
         "paired_differences.png",
         "training_curves.png",
