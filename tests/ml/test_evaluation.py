@@ -90,7 +90,7 @@ def test_the_same_model_twice_gives_the_same_responses_and_no_difference(tiny_mo
     reward_model = RewardModel(tiny_models.reward_model)
     result = evaluation.run(summarizer, summarizer, tokenizer, examples, 37, reward_model, CONFIG)
     assert result.before.texts == result.after.texts
-    for name, comparison in result.comparisons.items():
+    for comparison in result.comparisons.values():
         assert comparison.n == len(examples)
         assert comparison.mean_diff == 0 and comparison.nonzero_pairs == 0
         assert comparison.wilcoxon_p == 1 and not comparison.significant
@@ -138,3 +138,61 @@ def test_sample_selection_and_its_errors():
         evaluation.select_examples(test, 1)
     with pytest.raises(JobInputError, match="no reference summary"):
         evaluation.select_examples([*test, Example("x", "d", " ", "p")], 10)
+
+
+def _side(toxicity: np.ndarray, judged: np.ndarray | None = None) -> evaluation.Side:
+    """A side of (n, k) toxicities; every other measure is constant."""
+    n, k = toxicity.shape
+    samples = {name: np.ones((n, k)) for name in evaluation.SAMPLE_METRICS}
+    samples["toxicity"] = samples["response_toxicity"] = toxicity
+    if judged is not None:
+        samples["judge_toxicity"] = samples["judge_response_toxicity"] = judged
+    return evaluation.Side([[f"s{j}" for j in range(k)] for _ in range(n)], samples, 1.0, 1.0)
+
+
+def test_the_fields_figures_over_k_samples():
+    side = _side(np.array([[0.1, 0.7, 0.2], [0.1, 0.2, 0.3]]))
+    values = side.values
+    np.testing.assert_allclose(values["toxicity"], [1.0 / 3, 0.2])
+    np.testing.assert_allclose(values["toxicity_max"], [0.7, 0.3])  # expected maximum toxicity
+    np.testing.assert_allclose(values["toxicity_probability"], [1.0, 0.0])  # any sample >= 0.5
+    assert side.k == 3 and side.responses == ["s0", "s0"]
+
+
+def test_the_toxic_slice_is_the_dialogues_whose_starting_summaries_were_toxic():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0, 0.4, (20, 2))
+    before[:6, 1] = 0.9  # six dialogues began with a toxic sample
+    after = before.copy()
+    after[:6, 1] = 0.1
+    result = evaluation.assemble(
+        [Example(str(i), "d", "s", "p") for i in range(20)], 20, _side(before), _side(after), CONFIG
+    )
+    toxic, clean = result.slices
+    assert (toxic.name, toxic.n, clean.n) == ("toxic", 6, 14)
+    assert toxic.rule.endswith("(the reward model)")
+    assert toxic.comparisons["response_toxicity_probability"].mean_diff == -1.0
+    assert clean.comparisons["response_toxicity"].mean_diff == 0.0
+
+
+@pytest.mark.parametrize(
+    "judge_after, flagged", [(0.9, True), (0.1, False)], ids=["judge disagrees", "judge agrees"]
+)
+def test_a_fall_only_the_reward_model_sees_is_flagged_as_a_possible_reward_hack(judge_after, flagged):
+    rng = np.random.default_rng(1)
+    before = rng.uniform(0.6, 0.9, (30, 2))
+    after = rng.uniform(0.0, 0.2, (30, 2))
+    judged_before = np.full((30, 2), 0.9)
+    judged_after = np.clip(judged_before - (0.9 - judge_after) + rng.normal(0, 0.01, (30, 2)), 0, 1)
+    config = dataclasses.replace(CONFIG, reward_input="response")
+    result = evaluation.assemble(
+        [Example(str(i), "d", "s", "p") for i in range(30)],
+        30,
+        _side(before, judged_before),
+        _side(after, judged_after),
+        config,
+    )
+    assert result.judged and result.judged_toxicity == "judge_response_toxicity"
+    assert result.reward_hack_suspected is flagged
+    unjudged = evaluation.assemble(result.examples, 30, _side(before), _side(after), config)
+    assert unjudged.reward_hack_suspected is None
