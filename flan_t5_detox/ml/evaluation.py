@@ -291,11 +291,12 @@ def evaluate_model(
     generating = scoring = 0.0
     batches = range(0, len(query_ids), size)
     for start in tqdm(batches, desc="generate", unit="batch", file=sys.stderr):
-        t0 = time.perf_counter()
         chunk, mine = query_ids[start : start + size], examples[start : start + size]
-        states = generation.run_encoder(model, tokenizer, chunk)
+        t0 = time.perf_counter()
+        states = generation.run_encoder(model, tokenizer, chunk)  # shared by the k samples
         ref_states = states if reference is model else generation.run_encoder(reference, tokenizer, chunk)
-        columns = {name: [] for name in measured}
+        generating += time.perf_counter() - t0
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in measured}
         chunk_texts: list[list[str]] = [[] for _ in chunk]
         for j in range(k):
             t1 = time.perf_counter()
@@ -314,7 +315,6 @@ def evaluate_model(
                 row.append(text)
             generating += t2 - t1
             scoring += time.perf_counter() - t2
-        generating += t1 - t0 if k else 0.0  # the encoder pass, shared by the k samples
         texts += chunk_texts
         for name, parts in columns.items():
             measured[name].append(np.stack(parts, axis=1))
