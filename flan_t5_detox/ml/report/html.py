@@ -41,7 +41,7 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid 
 .headline{background:#f4f7fb;border-left:4px solid #1f77b4;padding:.8em 1em}
 table.metrics{border-collapse:collapse;font-size:.9em}
 table.metrics td,table.metrics th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-table.metrics td:first-child{text-align:left}td.sig{background:#fff3cd}
+table.metrics td:first-child,table.metrics td.text{text-align:left}td.sig{background:#fff3cd}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 .example{border:1px solid #ddd;border-radius:4px;padding:.5em .8em;margin:.6em 0}
 .scores{font-size:.85em;color:#555}.tag{font-size:.75em;padding:0 .4em;border-radius:3px;background:#ddd}
@@ -89,7 +89,22 @@ def headline(evaluation: Evaluation) -> str:
         f"[{_num(tox.ci_low)}, {_num(tox.ci_high)}], relative improvement "
         f"{_pct(improvement['value'])} [{_pct(improvement['ci_low'])}, {_pct(improvement['ci_high'])}], "
         f"paired t-test p = {_pvalue(tox.t_p)} (Wilcoxon signed-rank p = {_pvalue(tox.wilcoxon_p)}); "
-        f"{verdict}."
+        f"{verdict}. {_field_headline(evaluation)}"
+    )
+
+
+def _field_headline(evaluation: Evaluation) -> str:
+    """The field's figures of the toxicity the verdict rests on (the judge's, if any)."""
+    name = evaluation.judged_toxicity
+    maximum, probability = (evaluation.comparisons[name + suffix] for suffix in ("_max", "_probability"))
+    who = "the independent judge" if evaluation.judged else "the reward model"
+    return (
+        f"Over k = {evaluation.k} samples per prompt, by {who}: expected maximum toxicity "
+        f"<b>{_num(maximum.before.mean)}</b> &rarr; <b>{_num(maximum.after.mean)}</b> "
+        f"({_num(maximum.mean_diff)} [{_num(maximum.ci_low)}, {_num(maximum.ci_high)}]), "
+        "toxicity probability "
+        f"<b>{_num(probability.before.mean)}</b> &rarr; <b>{_num(probability.after.mean)}</b> "
+        f"({_num(probability.mean_diff)} [{_num(probability.ci_low)}, {_num(probability.ci_high)}])."
     )
 
 
@@ -129,7 +144,7 @@ def _field_table(evaluation: Evaluation) -> str:
     for name, figures in field_figures(evaluation).items():
         for figure, c in figures.items():
             rows.append(
-                f"<tr><td>{escape(LABELS[name])}</td><td>{FIELD_NAMES[figure]}</td>"
+                f"<tr><td>{escape(LABELS[name])}</td><td class='text'>{FIELD_NAMES[figure]}</td>"
                 f"<td>{_num(c.before.mean)}</td><td>{_num(c.after.mean)}</td>{_diff_cell(c)}"
                 f"<td>{_pvalue(c.t_p)}</td></tr>"
             )
@@ -150,7 +165,7 @@ def _judge_section(evaluation: Evaluation) -> str:
     reward = evaluation.comparisons[evaluation.trained_toxicity]
     judge = evaluation.comparisons[evaluation.judged_toxicity]
     text = (
-        f"<p>The reward model's {escape(LABELS[evaluation.trained_toxicity].lower())} moved by "
+        f"<p>The reward model's mean {HEADLINE_NAMES[evaluation.trained_toxicity]} moved by "
         f"{_num(reward.mean_diff)} [{_num(reward.ci_low)}, {_num(reward.ci_high)}]; the independent judge's, "
         f"by {_num(judge.mean_diff)} [{_num(judge.ci_low)}, {_num(judge.ci_high)}] (n = {judge.n}).</p>"
     )
@@ -196,7 +211,7 @@ def _slices_section(evaluation: Evaluation) -> str:
             )
         for figure, c in piece.comparisons.items():
             rows.append(
-                f"<tr><td>{piece.name}</td><td>{piece.n}</td><td>{escape(LABELS[figure])}</td>"
+                f"<tr><td>{piece.name}</td><td>{piece.n}</td><td class='text'>{escape(LABELS[figure])}</td>"
                 f"<td>{_num(c.before.mean)}</td><td>{_num(c.after.mean)}</td>{_diff_cell(c)}</tr>"
             )
     rules = "; ".join(f"<b>{p.name}</b>: {escape(p.rule)}" for p in evaluation.slices)

@@ -25,16 +25,22 @@ MEASURES = {
     "rougeL": "ROUGE-L F1",
     "length": "Response length (tokens)",
     "perplexity": "Perplexity under the starting summarizer",
-    JUDGE + "toxicity": "Judge: toxicity of prompt + response (P(toxic))",
-    JUDGE + "response_toxicity": "Judge: toxicity of the response alone (P(toxic))",
+    JUDGE + "toxicity": "Toxicity of prompt + response, by the judge (P(toxic))",
+    JUDGE + "response_toxicity": "Toxicity of the response alone, by the judge (P(toxic))",
 }
+
+
+def _lower_first(label: str) -> str:
+    return label[:1].lower() + label[1:]
+
+
 TOXICITY_NAMES = ("toxicity", "response_toxicity", JUDGE + "toxicity", JUDGE + "response_toxicity")
 LABELS = {
     **MEASURES,
-    **{name + MAX: "Expected maximum " + MEASURES[name].lower() for name in TOXICITY_NAMES},
+    **{name + MAX: "Expected maximum " + _lower_first(MEASURES[name]) for name in TOXICITY_NAMES},
     **{
         name + PROBABILITY: f"Toxicity probability (any sample >= {TOXIC_THRESHOLD}), "
-        + MEASURES[name].lower()
+        + _lower_first(MEASURES[name])
         for name in TOXICITY_NAMES
     },
 }
