@@ -239,7 +239,7 @@ def merge(env: ProcessingJobEnvironment) -> int:
 
 def report_measurements(env: ProcessingJobEnvironment, measured, context) -> int:
     """Statistics, the trade-off curve and the report files, from every dialogue's measurements."""
-    from flan_t5_detox.ml import evaluation, report
+    from flan_t5_detox.ml import evaluation, report, tradeoff
 
     config = context.settings
     result = evaluation.assemble(
@@ -248,7 +248,7 @@ def report_measurements(env: ProcessingJobEnvironment, measured, context) -> int
     if measured.final_step is not None:
         curves = context.training
         kl = dict(zip(curves.step, curves.kl)) if curves else None
-        result.curve = evaluation.tradeoff_curve(result, measured.steps, measured.final_step, config, kl)
+        result.curve = tradeoff.tradeoff_curve(result, measured.steps, measured.final_step, config, kl)
     written = report.write_report(env.output(REPORT_OUTPUT), result, context)
     log.info("report: %s", ", ".join(str(p) for p in written))
     return 0

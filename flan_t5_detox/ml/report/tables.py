@@ -7,9 +7,10 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from flan_t5_detox.ml.evaluation import JUDGE, MAX, PROBABILITY, TOXIC_THRESHOLD, Estimate, Evaluation
+from flan_t5_detox.ml.evaluation import JUDGE, MAX, PROBABILITY, TOXIC_THRESHOLD, Evaluation
 from flan_t5_detox.ml.report.context import ReportContext, json_safe
 from flan_t5_detox.ml.stats import PairedComparison
+from flan_t5_detox.ml.tradeoff import Estimate
 
 REPORT_JSON = "report.json"
 COMPARISONS_CSV = "comparisons.csv"

@@ -1,6 +1,6 @@
 """The plots: one registry of their files, and which of them a report has."""
 
-from flan_t5_detox.ml import evaluation
+from flan_t5_detox.ml import tradeoff
 from flan_t5_detox.ml.evaluation import Side
 from flan_t5_detox.ml.report import PLOT_FILES, PLOTS
 from flan_t5_detox.ml.report.plots import (
@@ -34,7 +34,7 @@ def test_training_output_and_kept_steps_add_their_plots_in_the_registry_order():
             result.before.responses, {k: v[:, 0] * 0.9 for k, v in result.before.samples.items()}, 1.0, 1.0
         )
     }
-    result.curve = evaluation.tradeoff_curve(result, steps, 4, CONFIG, {2: 0.02, 4: 0.04})
+    result.curve = tradeoff.tradeoff_curve(result, steps, 4, CONFIG, {2: 0.02, 4: 0.04})
     plots = draw_plots(result, context())
     assert list(plots) == list(PLOT_FILES)
     assert TRAINING.file in plots and TRADEOFF.file in plots

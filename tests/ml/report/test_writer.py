@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from flan_t5_detox.ml import evaluation
+from flan_t5_detox.ml import tradeoff
 from flan_t5_detox.ml.evaluation import Side
 from flan_t5_detox.ml.report import REPORT_JSON, write_report
 from tests.ml.report.synthetic import CONFIG, N, context, synthetic_evaluation
@@ -81,7 +81,7 @@ def test_the_tradeoff_curve_is_in_every_report_format(tmp_path):
         )
         steps[step] = Side.single(result.before.responses, values, 1.0, 1.0)
     kl = {s: 0.01 * s for s in range(1, 11)}
-    result.curve = evaluation.tradeoff_curve(result, steps, 10, CONFIG, kl)
+    result.curve = tradeoff.tradeoff_curve(result, steps, 10, CONFIG, kl)
     assert [p.step for p in result.curve] == [0, 2, 4, 6, 10]
     start, final = result.curve[0], result.curve[-1]
     assert start.toxicity_change.mean_diff == 0 and start.kl == 0
