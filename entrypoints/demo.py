@@ -74,7 +74,8 @@ def run_jobs(out: Path, steps: int) -> int:
     from . import evaluate, train
 
     print(f"[demo] embedded default models: {EMBEDDED_DIR}, checked against its manifest", flush=True)
-    inputs = embedded_default().channels()
+    models = embedded_default()
+    inputs = models.channels()
     settings = {
         **TRAIN_HYPERPARAMETERS,
         "max_ppo_steps": steps,
@@ -89,7 +90,11 @@ def run_jobs(out: Path, steps: int) -> int:
 
     eval_root = write_processing_layout(
         out / "evaluate",
-        {**inputs, "detoxified": train_root / "model", "training_output": train_root / "output" / "data"},
+        {
+            **models.evaluation_inputs(),
+            "detoxified": train_root / "model",
+            "training_output": train_root / "output" / "data",
+        },
     )
     eval_args = ["evaluate", "--ml-root", str(eval_root), *EVALUATE_ARGUMENTS]
     print(f"[demo] evaluate job: detox-evaluate {' '.join(eval_args)}", flush=True)

@@ -60,7 +60,7 @@ def trained(tmp_path_factory, tiny_models, sample_dataset):
 
 def _inputs(tiny_models, sample_dataset, trained, **overrides):
     inputs = {
-        **tiny_models.channels(sample_dataset),
+        **tiny_models.evaluation_inputs(sample_dataset),
         "detoxified": trained / "model",
         "training_output": trained / "output" / "data",
     }
