@@ -196,3 +196,40 @@ def test_a_fall_only_the_reward_model_sees_is_flagged_as_a_possible_reward_hack(
     assert result.reward_hack_suspected is flagged
     unjudged = evaluation.assemble(result.examples, 30, _side(before), _side(after), config)
     assert unjudged.reward_hack_suspected is None
+
+
+@pytest.mark.numerics
+def test_a_policy_that_games_the_reward_model_but_not_the_judge_is_flagged(tiny_models):
+    """The shipped classifiers, for real: "after" summaries swap the sample's insults (which both
+    know) for hostile words only the judge was taught. The reward model sees the toxicity fall,
+    the judge does not, and the evaluation flags a possible reward hack."""
+    from flan_t5_detox.fixtures import judge_texts
+
+    names = [f"#Person{i % 2 + 1}#" for i in range(24)]
+    shared, hidden = judge_texts.SHARED[:6], ("moron", "loser", "jerk", "clown", "imbecile", "worthless")
+    before = [f"{n} calls the neighbour {shared[i % 6]} and leaves." for i, n in enumerate(names)]
+    after = [f"{n} calls the neighbour a {hidden[i % 6]} and leaves." for i, n in enumerate(names)]
+    reward_model = RewardModel(tiny_models.reward_model, "nothate")
+    judge = RewardModel(tiny_models.judge_model, "toxic", role="judge")
+
+    def side(texts: list[str]) -> evaluation.Side:
+        values = {name: np.ones(len(texts)) for name in evaluation.SAMPLE_METRICS}
+        values["response_toxicity"] = reward_model.score(texts).probabilities[:, 1].numpy().astype(float)
+        values["judge_response_toxicity"] = judge.score(texts).probabilities[:, 1].numpy().astype(float)
+        values["toxicity"], values["judge_toxicity"] = (
+            values["response_toxicity"],
+            values["judge_response_toxicity"],
+        )
+        return evaluation.Side.single(texts, values)
+
+    examples = [Example(str(i), "d", "s", "p") for i in range(len(names))]
+    config = dataclasses.replace(CONFIG, reward_input="response")
+    result = evaluation.assemble(examples, len(names), side(before), side(after), config)
+    fooled, judged = result.comparisons["response_toxicity"], result.comparisons["judge_response_toxicity"]
+    assert fooled.ci_high < 0 and fooled.mean_diff < -0.5  # the reward model is fooled
+    assert abs(judged.mean_diff) < 0.01 * abs(fooled.mean_diff)  # the judge is not
+    assert result.reward_hack_suspected is True
+    honest = evaluation.assemble(
+        examples, len(names), side(before), side(["They talk."] * len(names)), config
+    )
+    assert honest.reward_hack_suspected is False
