@@ -93,3 +93,18 @@ def test_the_preflight_refuses_a_run_the_volume_cannot_hold_and_warns_when_close
         with pytest.raises(disk.DiskFull, match="the report in .*report: 8.0 MB"):
             disk.check_room(disk.evaluation_need(0, 0, 1, ml / "report"), disk.EVALUATE_FIX)
     assert disk.training_need(config, tmp_path / "no-adapter", tmp_path, keep=2, **folders) is None
+
+
+def test_the_training_summary_on_a_full_disk_fails_clearly_and_leaves_no_temporary(tmp_path):
+    from flan_t5_detox.contract.summary import TrainingSummary
+
+    summary = TrainingSummary.from_history(
+        [{"step": 1, "reward_mean": 0.1}], steps=1, seconds_this_run=1.0, settings={"note": "x" * 100_000},
+        world_size=1, adapter={}, dtype="float32", threads=1, cpu="cpu", versions={},
+    )  # fmt: skip
+    with size_limited(tmp_path / "data", "64k") as volume:
+        with pytest.raises(
+            disk.DiskFull, match="cannot write the training summary to .*training_summary.json"
+        ):
+            summary.write(volume)
+        assert list(volume.iterdir()) == []
