@@ -182,6 +182,7 @@ def estimate_memory(
     reward_model: Path,
     dtype_bytes: int,
     longest_prompt_chars: int = 0,
+    kept_steps: int = 0,
 ) -> MemoryEstimate:
     """The peak resident memory of one process of the train job (a `TrainConfig`) or the
     evaluate job (an `EvalConfig`) on these models. Loading a model holds its fp32 weights twice
@@ -223,6 +224,12 @@ def estimate_memory(
                 "its fp32 weights, twice": 8 * n_base,
             },
         }
+        if kept_steps:  # each kept adapter's summarizer is loaded beside both
+            phases["loading a kept adapter's summarizer"] = {
+                "reward model": reward,
+                "summarizers before and after": 2 * summarizer,
+                "its fp32 weights, twice": 8 * n_base,
+            }
     name = max(working, key=working.get)
     phases[name] = {**rest, name: working[name]}
     phase = max(phases, key=lambda p: sum(phases[p].values()))

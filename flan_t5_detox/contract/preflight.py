@@ -60,7 +60,7 @@ def check_evaluation(
     if _folders(inputs.base_model, inputs.reward_model):
         estimate = memory.estimate_memory(
             config, Path(inputs.base_model), inputs.before_adapter, Path(inputs.reward_model),
-            dtype_bytes, longest_prompt_chars,
+            dtype_bytes, longest_prompt_chars, kept_steps,
         )  # fmt: skip
         memory.check_memory(estimate, memory.memory_limit(), memory.EVALUATE_LOWER, 1, refuse)
 

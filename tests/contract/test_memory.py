@@ -92,3 +92,23 @@ def test_a_marker_left_behind_names_the_killed_run_and_one_that_ended_does_not(t
     with caplog.at_level(logging.WARNING), memory.running(tmp_path, {"batch_size": 8}):
         pass
     assert "most likely killed for memory" in caplog.text and "batch_size=64" in caplog.text
+
+
+def test_the_estimate_grows_with_the_settings_that_set_the_peak(tiny_models):
+    from flan_t5_detox.contract.settings import EvalConfig, TrainConfig
+
+    models = (tiny_models.base_model, tiny_models.peft_checkpoint, tiny_models.reward_model)
+
+    def train(**settings):
+        return memory.estimate_memory(TrainConfig(**settings), *models, 4, 500)
+
+    small = train(mini_batch_size=4, output_max_length=100)
+    assert small.phase == "training pass" and small.parts["process"] == memory.PROCESS_BYTES
+    assert train(mini_batch_size=8, output_max_length=100).total > small.total
+    assert train(mini_batch_size=4, output_max_length=200).total > small.total
+    assert memory.estimate_memory(TrainConfig(), *models, 4, 1000).total > train().total  # longer prompts
+    evaluation = memory.estimate_memory(EvalConfig(), *models, 4, 500)
+    assert evaluation.phase == "generation"  # tiny models: the caches outweigh the weights
+    larger = memory.estimate_memory(EvalConfig(generation_batch_size=32), *models, 4, 500)
+    assert larger.total > evaluation.total
+    assert memory.estimate_memory(EvalConfig(), *models, 4, 500, kept_steps=2).total >= evaluation.total
