@@ -77,14 +77,26 @@ def channels(scale: str) -> dict[str, Path]:
     }
 
 
-def peak_rss_mb(command: list[str], env: dict[str, str], log: Path) -> tuple[float, int, float]:
-    """The process's peak resident set (MB, from the kernel's accounting), exit code and seconds."""
+@dataclass
+class Usage:
+    peak_rss_mb: float  # from the kernel's accounting of the process
+    code: int
+    seconds: float
+    cpu_seconds: float
+
+
+def run_measured(command: list[str], env: dict[str, str], log: Path) -> Usage:
+    """Run `command` to its end: its peak resident set, exit code, wall and CPU seconds."""
     started = time.perf_counter()
     with log.open("w") as out:
         job = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(job.pid, 0)
-    job.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024, job.returncode, time.perf_counter() - started
+    return Usage(
+        usage.ru_maxrss / 1024,
+        os.waitstatus_to_exitcode(status),
+        time.perf_counter() - started,
+        usage.ru_utime + usage.ru_stime,
+    )
 
 
 def run_case(name: str, case: Case, work: Path, trained: dict[str, Path]) -> dict:
@@ -113,13 +125,14 @@ def run_case(name: str, case: Case, work: Path, trained: dict[str, Path]) -> dic
             str(root),
             *args,
         ]
-    peak, code, seconds = peak_rss_mb(command, env, work / f"{name}.log")
-    if code != 0:
-        raise SystemExit(f"{name}: the job failed (exit {code}); see {work / (name + '.log')}")
+    usage = run_measured(command, env, work / f"{name}.log")
+    if usage.code != 0:
+        raise SystemExit(f"{name}: the job failed (exit {usage.code}); see {work / (name + '.log')}")
     return {
         "case": name,
-        "peak_rss_mb": round(peak, 1),
-        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(usage.peak_rss_mb, 1),
+        "seconds": round(usage.seconds, 1),
+        "cpu_seconds": round(usage.cpu_seconds, 1),
         "dtype_bytes": dtype_bytes(case),
     }
 
