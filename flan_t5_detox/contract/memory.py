@@ -38,7 +38,7 @@ UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge number
 
 # Calibrated at real size and on the embedded default (bench/RESULTS.md, "Memory preflight").
 PROCESS_BYTES = 560 * 2**20  # the interpreter with the job stack imported, data and tokenizers
-ACTIVATION_FACTOR = 1.0  # measured training activations over the counted ones
+ACTIVATION_FACTOR = 0.8  # measured training activations over the counted ones (0.77, 0.79)
 CHARS_PER_TOKEN = 4  # English text in T5's SentencePiece vocabulary, roughly
 
 
@@ -152,16 +152,18 @@ def _t5_dims(config: dict) -> dict:
     }
 
 
-def activation_bytes(dims: dict, rows: int, query: int, response: int, dtype_bytes: int) -> int:
+def activation_bytes(dims: dict, rows: int, query: int, response: int) -> int:
     """What one training pass of `rows` rows keeps for its backward: per token and layer, the
     hidden states and projections (about 10 of width d_model in the encoder, 16 in the decoder),
     the feed-forward's inner states and each head's attention scores and probabilities; and the
-    fp32 logits over the vocabulary with their log-softmax and gradient."""
+    logits over the vocabulary with their log-softmax and gradient. All counted at 4 bytes: fp32
+    is what was measured, and a bf16 run keeps many of them in fp32 too (T5's layer norms, the
+    fp32 LoRA paths and value head, the logits), so it is not counted at half."""
     d, ff, heads = dims["d"], dims["ff"], dims["heads"]
     encoder = query * dims["enc"] * (10 * d + 2 * ff + 3 * heads * query)
     decoder = response * dims["dec"] * (16 * d + 2 * ff + 3 * heads * (response + query))
-    logits = 4 * response * dims["vocab"] * 4
-    return int(ACTIVATION_FACTOR * rows * ((encoder + decoder) * dtype_bytes + logits))
+    logits = 4 * response * dims["vocab"]
+    return int(ACTIVATION_FACTOR * rows * (encoder + decoder + logits) * 4)
 
 
 def kv_cache_bytes(dims: dict, rows: int, query: int, response: int, dtype_bytes: int) -> int:
@@ -202,7 +204,7 @@ def estimate_memory(
         response = config.output_max_length + 1  # the decoder start token
         generation_rows = config.generation_batch_size or config.batch_size
         working = {
-            "training pass": activation_bytes(dims, config.mini_batch_size, query, response, dtype_bytes),
+            "training pass": activation_bytes(dims, config.mini_batch_size, query, response),
             "rollout": kv_cache_bytes(dims, generation_rows, query, response, dtype_bytes),
         }
         rest = {"policy": summarizer, "reward model": reward, "LoRA, gradients, Adam": 16 * n_lora}
