@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 from flan_t5_detox.contract.cluster import Rendezvous, rendezvous
 from flan_t5_detox.contract.environment import TrainingJobEnvironment
 from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
+from flan_t5_detox.contract.memory import running
 from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
+from flan_t5_detox.contract.preflight import memory_settings
 from flan_t5_detox.contract.settings import TrainConfig, parse_settings
 
 if TYPE_CHECKING:
@@ -72,9 +74,10 @@ class TrainRecipe:
 
     def setup(self) -> None:
         """Outputs, inputs and data first, so bad input fails before the models load."""
+        from flan_t5_detox.contract import preflight
         from flan_t5_detox.contract.inputs import training_inputs
         from flan_t5_detox.contract.outputs import check_writable
-        from flan_t5_detox.ml import adapters, data, distributed, runtime
+        from flan_t5_detox.ml import adapters, checkpoint, data, distributed, runtime
         from flan_t5_detox.ml.loading import load_tokenizer
         from flan_t5_detox.ml.policy import build_policy
         from flan_t5_detox.ml.ppo import DetoxTrainer
@@ -90,6 +93,10 @@ class TrainRecipe:
         self.inputs = training_inputs(env, config, self.scratch)
         prompts = data.training_prompts(self.inputs.dataset, config)
         self.machine = runtime.setup(config.dtype, config.num_threads, config.processes_per_host)
+        longest = max(len(example.prompt) for example in prompts)
+        preflight.check_training(
+            config, self.inputs, env, longest, self.machine.weight_bytes, checkpoint.KEEP
+        )  # before any model loads
         self.world = distributed.join(self.meeting, self.local_rank, config.collective_timeout)
         log.info(
             "rank %d/%d dtype=%s threads=%d train_prompts=%d",
@@ -236,10 +243,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         env = TrainingJobEnvironment.from_root(args.ml_root)
-        processes = parse_settings(TrainConfig, env.hyperparameters).processes_per_host
-        if processes > 1:
-            return spawn_ranks(args.ml_root, processes)
-        return run_rank(args.ml_root)
+        config = parse_settings(TrainConfig, env.hyperparameters)
+        # A marker in checkpoints/ while the job runs: a SIGKILL (out of memory) leaves it behind
+        # for the next start to report.
+        with running(env.checkpoint_dir, memory_settings(config)):
+            if config.processes_per_host > 1:
+                return spawn_ranks(args.ml_root, config.processes_per_host)
+            return run_rank(args.ml_root)
 
     return run_job(body, [MlPaths(args.ml_root).failure])
 

@@ -15,7 +15,9 @@ B1 A1 s1 + B2 A2 s2 = [B1 s1/s, B2 s2/s][A1; A2] s), so users load `model/` with
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict
 
+from flan_t5_detox.contract.disk import writing
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.outputs import publish
 from flan_t5_detox.contract.paths import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, VALUE_HEAD_WEIGHTS
@@ -164,6 +167,14 @@ class AdapterInfo:
     ppo_steps: int
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """`torch.save` through a Python file write, so a full disk raises OSError (ENOSPC), not
+    the RuntimeError of torch's own file writer."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    Path(path).write_bytes(buffer.getvalue())
+
+
 def save_adapter(
     out_dir: Path, policy, summarization_dir: Path, provenance: Provenance, ppo_steps: int
 ) -> AdapterInfo:
@@ -173,7 +184,7 @@ def save_adapter(
     config, weights = combined_adapter(summarization_dir, policy.pretrained_model)
     info = AdapterInfo(**asdict(provenance), rank=config.r, ppo_steps=ppo_steps)
     config.save_pretrained(str(out_dir))
-    torch.save(weights, out_dir / ADAPTER_WEIGHTS)
+    save_tensors(weights, out_dir / ADAPTER_WEIGHTS)
     (out_dir / ADAPTER_INFO).write_text(json.dumps(asdict(info), indent=2))
     return info
 
@@ -183,7 +194,7 @@ def save_detox_model(
 ) -> AdapterInfo:
     """Write model/: the combined adapter, value head, tokenizer, info and README."""
     info = save_adapter(out_dir, policy, summarization_dir, provenance, ppo_steps)
-    torch.save({k: v.float() for k, v in policy.v_head.state_dict().items()}, out_dir / VALUE_HEAD_WEIGHTS)
+    save_tensors({k: v.float() for k, v in policy.v_head.state_dict().items()}, out_dir / VALUE_HEAD_WEIGHTS)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "README.md").write_text(MODEL_README.format(base=info.base_model, rank=info.rank))
     return info
@@ -199,13 +210,20 @@ def publish_detox_model(
     kept_in: Path,
 ) -> AdapterInfo:
     """Write model/ whole or not at all: the detoxified adapter and the adapters kept at steps up
-    to `ppo_steps` (found under `kept_in`, the checkpoints folder), staged beside it, published."""
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=Path(model_dir).parent))
-    info = save_detox_model(staging, policy, tokenizer, summarization_dir, provenance, ppo_steps)
-    for step, folder in step_adapters(kept_in).items():
-        if step <= ppo_steps:
-            shutil.copytree(folder, staging / STEPS_DIR / str(step))
-    publish(staging, Path(model_dir))
+    to `ppo_steps` (found under `kept_in`, the checkpoints folder), staged inside it (so each move
+    is a rename, even where model/ is a file system of its own), published."""
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    with writing("the trained model", Path(model_dir)):
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        try:
+            info = save_detox_model(staging, policy, tokenizer, summarization_dir, provenance, ppo_steps)
+            for step, folder in step_adapters(kept_in).items():
+                if step <= ppo_steps:
+                    shutil.copytree(folder, staging / STEPS_DIR / str(step))
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish(staging, Path(model_dir))
     return info
 
 
@@ -222,7 +240,17 @@ class AdapterKeeper:
     def __call__(self, step: int) -> None:
         if self.every and step % self.every == 0:
             target = Path(self.folder) / STEPS_DIR / str(step)
-            save_adapter(target, self.policy, self.summarization_dir, self.provenance, step)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Staged and renamed: `step_adapters` never lists half an adapter.
+            with writing(f"the adapter kept at step {step}", target):
+                staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+                try:
+                    save_adapter(staging, self.policy, self.summarization_dir, self.provenance, step)
+                except OSError:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
 
 
 def read_adapter_info(folder: Path) -> dict | None:
