@@ -23,21 +23,28 @@ for _name in ("sagemaker", "sagemaker.config"):
 LOG_GROUPS = {"train": "/aws/sagemaker/TrainingJobs", "evaluate": "/aws/sagemaker/ProcessingJobs"}
 
 
-def sdk_session(aws: Aws, bucket: str | None = None):
-    """A sagemaker.Session on our boto3 session, with SDK telemetry off unless the user's
-    SageMaker config turns it on."""
-    import sagemaker
+def sdk_config() -> dict:
+    """The user's SageMaker SDK config, with SDK telemetry off unless it turns it on."""
     from sagemaker.config import load_sagemaker_config
 
     config = load_sagemaker_config() or {}
     config.setdefault("SchemaVersion", "1.0")
     modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
     modules.setdefault("TelemetryOptOut", True)
-    session = sagemaker.Session(
+    return config
+
+
+def sdk_session(aws: Aws, bucket: str | None = None, pipeline: bool = False):
+    """A sagemaker.Session (a PipelineSession with `pipeline`: jobs become pipeline steps) on our
+    boto3 session, with SDK telemetry off unless the user's SageMaker config turns it on."""
+    import sagemaker
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    session = (PipelineSession if pipeline else sagemaker.Session)(
         boto_session=aws.session,
         sagemaker_client=aws.client("sagemaker"),
         default_bucket=bucket,
-        sagemaker_config=config,
+        sagemaker_config=sdk_config(),
     )
     # The SDK builds its S3 clients from the boto3 session alone; keep --endpoint-url for them too.
     session.s3_client, session.s3_resource = aws.client("s3"), aws.resource("s3")
@@ -70,6 +77,7 @@ def submit_training(aws: Aws, job: TrainJob) -> str:
         checkpoint_local_path=str(CONTAINER.checkpoints) if job.checkpoint_s3_uri else None,
         use_spot_instances=job.spot,
         max_wait=job.max_wait,
+        keep_alive_period_in_seconds=job.keep_alive,
         hyperparameters=job.hyperparameters,
         metric_definitions=job.metric_definitions,
         tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,

@@ -1,0 +1,392 @@
+"""The native SageMaker Pipeline: train -> evaluate (-> merge) -> quality gate -> register or fail.
+
+Built with the SageMaker SDK's workflow classes from the same job definitions the launcher submits
+(`jobs.TrainJob`, `jobs.EvalJob`), so a setting means the same in both. The gate reads the
+evaluation's `report.json` (`verdict.*`) with JsonGet and passes when the detoxification is
+significant (`toxicity_diff_ci_high < 0`) and the summaries are kept
+(`rouge_l_diff_ci_low > MinRougeLDiff`, which is -max_rouge_drop: pipeline conditions compare with
+a value and cannot negate one). On pass the adapter is registered as a model package pending
+manual approval; on fail a FailStep quotes the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+
+from flan_t5_detox.contract import s3
+from flan_t5_detox.contract.paths import CONTAINER, REPORT_OUTPUT
+
+from .jobs import EvalJob, TrainJob, merge_job
+from .sagemaker_backend import sdk_config
+
+# The SDK warns, for every step, that SageMaker will name the jobs: that is the design here.
+for _name in ("sagemaker.workflow.utilities", "sagemaker.workflow._utils"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+# Step names: the graph in the README is drawn from these (tests/launcher/test_sagemaker_pipeline.py).
+TRAIN, EVALUATE, MERGE, GATE, REGISTER, FAIL = (
+    "Train",
+    "Evaluate",
+    "MergeReport",
+    "QualityGate",
+    "RegisterAdapter",
+    "GateFailed",
+)
+REPORT_FILE = "report.json"
+APPROVAL = "PendingManualApproval"
+# Retried: capacity and throttling are transient, a failed job with the same inputs is not.
+JOB_RETRIES = ("CAPACITY_ERROR", "RESOURCE_LIMIT", "INTERNAL_ERROR")
+STEP_RETRIES = ("SERVICE_FAULT", "THROTTLING")
+CACHE_FOR = "P30D"  # a cached train or evaluate step is reused for 30 days
+DESCRIPTION = "flan-t5-detox: PPO detoxification, evaluation, quality gate, Model Registry"
+
+
+@dataclass
+class PipelineSpec:
+    """What a pipeline definition is made of. `train` and `evaluate` are the launcher's job
+    definitions; their instance settings and inputs become the parameters' defaults, and the
+    evaluation's input `detoxified` (and `training_output`) come from the train step instead."""
+
+    name: str
+    train: TrainJob
+    evaluate: EvalJob
+    max_rouge_drop: float
+    model_package_group: str
+
+
+def _parameters(spec: PipelineSpec):
+    from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+
+    hp = spec.train.hyperparameters
+    params = {
+        "TrainInstanceType": ParameterString("TrainInstanceType", spec.train.resources.instance_type),
+        "TrainInstanceCount": ParameterInteger("TrainInstanceCount", spec.train.resources.instance_count),
+        "EvaluateInstanceType": ParameterString(
+            "EvaluateInstanceType", spec.evaluate.resources.instance_type
+        ),
+        "PpoSteps": ParameterInteger("PpoSteps", int(json.loads(hp.get("max_ppo_steps", "10")))),
+        "MinRougeLDiff": ParameterFloat("MinRougeLDiff", -spec.max_rouge_drop),
+    }
+    # One parameter per input given, named after it (e.g. InputPeftCheckpoint).
+    for name, uri in {**spec.train.channels, **spec.evaluate.inputs}.items():
+        if name in ("detoxified", "training_output"):
+            continue
+        key = "Input" + "".join(part.title() for part in name.split("_"))
+        params.setdefault(key, ParameterString(key, uri))
+    return params
+
+
+def _input(params: dict, name: str):
+    return params["Input" + "".join(part.title() for part in name.split("_"))]
+
+
+def _retries(local: bool) -> list:
+    from sagemaker.workflow.retry import (
+        SageMakerJobExceptionTypeEnum,
+        SageMakerJobStepRetryPolicy,
+        StepExceptionTypeEnum,
+        StepRetryPolicy,
+    )
+
+    if local:  # the local executor runs each step once
+        return []
+    return [
+        StepRetryPolicy([StepExceptionTypeEnum[e] for e in STEP_RETRIES], max_attempts=3, backoff_rate=2.0),
+        SageMakerJobStepRetryPolicy(
+            [SageMakerJobExceptionTypeEnum[e] for e in JOB_RETRIES], max_attempts=5, backoff_rate=2.0
+        ),
+    ]
+
+
+def _train_step(spec: PipelineSpec, params: dict, session, local: bool):
+    from sagemaker.estimator import Estimator
+    from sagemaker.inputs import TrainingInput
+    from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.workflow.functions import Join
+    from sagemaker.workflow.steps import CacheConfig, TrainingStep
+
+    job = spec.train
+    hyperparameters = {**job.hyperparameters, "max_ppo_steps": params["PpoSteps"]}
+    # Spot jobs resume from checkpoints: one folder per execution, so an execution never resumes
+    # another's run.
+    checkpoint = job.checkpoint_s3_uri or None
+    if job.spot and checkpoint is None:
+        checkpoint = Join(
+            "/", [job.output_path, spec.name, "checkpoints", ExecutionVariables.PIPELINE_EXECUTION_ID]
+        )
+    estimator = Estimator(
+        image_uri=job.image,
+        role=job.role,
+        instance_count=params["TrainInstanceCount"],
+        instance_type=params["TrainInstanceType"],
+        volume_size=job.resources.volume_size,
+        max_run=job.resources.max_run,
+        output_path=job.output_path,
+        checkpoint_s3_uri=checkpoint,
+        checkpoint_local_path=str(CONTAINER.checkpoints) if checkpoint else None,
+        use_spot_instances=job.spot,
+        max_wait=job.max_wait,
+        keep_alive_period_in_seconds=job.keep_alive,
+        hyperparameters=hyperparameters,
+        metric_definitions=job.metric_definitions,
+        tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
+        environment=job.environment or None,
+        sagemaker_session=session,
+        disable_profiler=True,
+        debugger_hook_config=False,
+    )
+    channels = {name: TrainingInput(_input(params, name)) for name in job.channels}
+    return TrainingStep(
+        name=TRAIN,
+        step_args=estimator.fit(inputs=channels or None),
+        cache_config=CacheConfig(enable_caching=True, expire_after=CACHE_FOR),
+        retry_policies=_retries(local),
+    )
+
+
+def _processing_step(name: str, job: EvalJob, inputs: dict, report_uri, params: dict, session, local, **kw):
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+    from sagemaker.workflow.steps import CacheConfig, ProcessingStep
+
+    processor = Processor(
+        role=job.role,
+        image_uri=job.image,
+        instance_count=job.resources.instance_count,
+        instance_type=params["EvaluateInstanceType"],
+        entrypoint=job.entrypoint,
+        volume_size_in_gb=job.resources.volume_size,
+        max_runtime_in_seconds=job.resources.max_run,
+        env=job.environment or None,
+        tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
+        sagemaker_session=session,
+    )
+    step_args = processor.run(
+        inputs=[
+            ProcessingInput(source=uri, destination=str(CONTAINER.processing_input(n)), input_name=n)
+            for n, uri in inputs.items()
+        ],
+        outputs=[
+            ProcessingOutput(
+                source=str(CONTAINER.processing_output(REPORT_OUTPUT)),
+                destination=report_uri,
+                output_name=REPORT_OUTPUT,
+            )
+        ],
+        arguments=job.arguments or None,
+    )
+    return ProcessingStep(
+        name=name,
+        step_args=step_args,
+        cache_config=CacheConfig(enable_caching=True, expire_after=CACHE_FOR),
+        retry_policies=_retries(local),
+        **kw,
+    )
+
+
+def build(spec: PipelineSpec, session, local: bool = False):
+    """The Pipeline on `session` (a PipelineSession, or a LocalPipelineSession with `local`: the
+    SDK's local executor cannot register a model, so the pass branch is then empty)."""
+    with warnings.catch_warnings():  # "Running within a PipelineSession ... No Job being started": yes
+        warnings.simplefilter("ignore", UserWarning)
+        return _build(spec, session, local)
+
+
+def _build(spec: PipelineSpec, session, local: bool):
+    from sagemaker.model import Model
+    from sagemaker.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.workflow.condition_step import ConditionStep
+    from sagemaker.workflow.conditions import ConditionGreaterThan, ConditionLessThan
+    from sagemaker.workflow.fail_step import FailStep
+    from sagemaker.workflow.functions import Join, JsonGet
+    from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.properties import PropertyFile
+    from sagemaker.workflow.step_collections import RegisterModel
+
+    params = _parameters(spec)
+    train = _train_step(spec, params, session, local)
+    trained = train.properties.ModelArtifacts.S3ModelArtifacts
+    # Everything an execution writes is under the training job's folder, named by SageMaker: a
+    # cached train step gives the same name, so the evaluation's arguments match and it is cached too.
+    job_root = [spec.train.output_path, train.properties.TrainingJobName]
+    inputs = {
+        n: _input(params, n) for n in spec.evaluate.inputs if n not in ("detoxified", "training_output")
+    }
+    inputs["detoxified"] = trained
+    inputs["training_output"] = Join("/", [*job_root, "output", "output.tar.gz"])
+    report = PropertyFile(name="Report", output_name=REPORT_OUTPUT, path=REPORT_FILE)
+    sharded = spec.evaluate.resources.instance_count > 1
+    evaluate_uri = Join("/", [*job_root, "evaluation", "parts" if sharded else REPORT_OUTPUT])
+    extra = {} if sharded else {"property_files": [report]}
+    evaluate = _processing_step(
+        EVALUATE, spec.evaluate, inputs, evaluate_uri, params, session, local, **extra
+    )
+    steps = [train, evaluate]
+    report_step = evaluate
+    if sharded:
+        merge = merge_job(spec.evaluate)
+        report_step = _processing_step(
+            MERGE,
+            merge,
+            {"parts": evaluate.properties.ProcessingOutputConfig.Outputs[REPORT_OUTPUT].S3Output.S3Uri},
+            Join("/", [*job_root, "evaluation", REPORT_OUTPUT]),
+            params,
+            session,
+            local,
+            property_files=[report],
+        )
+        steps.append(report_step)
+    report_uri = report_step.properties.ProcessingOutputConfig.Outputs[REPORT_OUTPUT].S3Output.S3Uri
+
+    def figure(path: str):
+        return JsonGet(step_name=report_step.name, property_file=report, json_path=f"verdict.{path}")
+
+    min_rouge = params["MinRougeLDiff"]
+    fail = FailStep(
+        name=FAIL,
+        error_message=Join(
+            "",
+            [
+                "quality gate failed: toxicity difference (after - before, ",
+                figure("toxicity_metric"),
+                " by ",
+                figure("toxicity_judge"),
+                ") ",
+                figure("toxicity_diff"),
+                ", 95% CI high ",
+                figure("toxicity_diff_ci_high"),
+                " (must be < 0); ROUGE-L difference ",
+                figure("rouge_l_diff"),
+                ", 95% CI low ",
+                figure("rouge_l_diff_ci_low"),
+                " (must be > ",
+                min_rouge,
+                "); ",
+                figure("sample_size"),
+                " test dialogues",
+            ],
+        ),
+    )
+    passed = []
+    if not local:
+        passed = [
+            RegisterModel(
+                name=REGISTER,
+                model=Model(
+                    image_uri=spec.train.image,
+                    model_data=trained,
+                    role=spec.train.role,
+                    sagemaker_session=session,
+                ),
+                content_types=["application/json"],
+                response_types=["application/json"],
+                model_package_group_name=spec.model_package_group,
+                approval_status=APPROVAL,
+                model_metrics=ModelMetrics(
+                    model_statistics=MetricsSource(
+                        s3_uri=Join("/", [report_uri, REPORT_FILE]), content_type="application/json"
+                    )
+                ),
+                description="FLAN-T5 LoRA adapter detoxified by PPO; passed the pipeline's quality gate",
+                register_model_step_retry_policies=_retries(local)[:1],
+            )
+        ]
+    gate = ConditionStep(
+        name=GATE,
+        conditions=[
+            ConditionLessThan(left=figure("toxicity_diff_ci_high"), right=0.0),
+            ConditionGreaterThan(left=figure("rouge_l_diff_ci_low"), right=min_rouge),
+        ],
+        if_steps=passed,
+        else_steps=[fail],
+    )
+    return Pipeline(
+        name=spec.name,
+        parameters=list(params.values()),
+        steps=[*steps, gate],
+        pipeline_experiment_config=None,  # no Experiment and Trial per execution
+        sagemaker_session=session,
+    )
+
+
+def offline_session(region: str | None):
+    """A PipelineSession that calls nothing: building a definition needs a region, no credentials."""
+    import boto3
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    session = boto3.Session(region_name=region or "us-east-1")
+    return PipelineSession(boto_session=session, sagemaker_config=sdk_config())
+
+
+def definition(pipeline) -> dict:
+    return json.loads(pipeline.definition())
+
+
+# --- the graph, read from a definition -----------------------------------------------------------
+
+
+def _step_references(value) -> set[str]:
+    """Names of the steps whose properties or property files `value` reads."""
+    found = set()
+    if isinstance(value, dict):
+        get = value.get("Get")
+        if isinstance(get, str) and get.startswith("Steps."):
+            found.add(get.split(".")[1])
+        for item in value.values():
+            found |= _step_references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _step_references(item)
+    return found
+
+
+def edges(pipeline_definition: dict) -> set[tuple[str, str, str]]:
+    """(from, to, label) for every edge of the definition's graph: data edges (a step reads
+    another's properties), DependsOn, and a condition's branches ("pass"/"fail")."""
+    found = set()
+
+    def walk(steps: list[dict]) -> None:
+        for step in steps:
+            name, arguments = step["Name"], step.get("Arguments", {})
+            for source in step.get("DependsOn", []):
+                found.add((source, name, ""))
+            if step["Type"] == "Condition":
+                for source in _step_references(arguments.get("Conditions", [])):
+                    found.add((source, name, ""))
+                for label, key in (("pass", "IfSteps"), ("fail", "ElseSteps")):
+                    for branch in arguments.get(key, []):
+                        found.add((name, branch["Name"], label))
+                    walk(arguments.get(key, []))
+                continue
+            for source in _step_references(arguments) - {name}:
+                found.add((source, name, ""))
+
+    walk(pipeline_definition["Steps"])
+    # A branch step reading the condition's own inputs (the FailStep's figures) adds no edge of
+    # its own: the branch edge already orders it after the condition.
+    branches = {target for _, target, label in found if label}
+    return {(a, b, label) for a, b, label in found if label or b not in branches}
+
+
+def mermaid(pipeline_definition: dict) -> str:
+    """The graph as a mermaid flowchart, one edge a line, sorted."""
+    lines = ["graph TD"]
+    for source, target, label in sorted(edges(pipeline_definition)):
+        lines.append(f"    {source} -->|{label}| {target}" if label else f"    {source} --> {target}")
+    return "\n".join(lines) + "\n"
+
+
+MERMAID_EDGE = re.compile(r"^\s*([\w-]+) -->(?:\|(\w+)\|)? ([\w-]+)\s*$", re.M)
+
+
+def drawn_edges(text: str) -> set[tuple[str, str, str]]:
+    """The edges of a mermaid flowchart as `mermaid` writes it."""
+    return {(a, b, label) for a, label, b in MERMAID_EDGE.findall(text)}
+
+
+def report_location(output_path: str) -> str:
+    """Where an execution's report lands, for the user: under the training job's folder."""
+    return s3.join(output_path, "<training job>", "evaluation", REPORT_OUTPUT, REPORT_FILE)
