@@ -371,20 +371,38 @@ def edges(pipeline_definition: dict) -> set[tuple[str, str, str]]:
     return {(a, b, label) for a, b, label in found if label or b not in branches}
 
 
+def _node(name: str) -> str:
+    return re.sub(r"\W", "_", name)  # mermaid ids are words; the label keeps the step's name
+
+
 def mermaid(pipeline_definition: dict) -> str:
-    """The graph as a mermaid flowchart, one edge a line, sorted."""
+    """The graph as a mermaid flowchart: one node a line (its name and step type), then one edge a
+    line, sorted."""
+    types = {}
+
+    def collect(steps: list[dict]) -> None:
+        for step in steps:
+            types[step["Name"]] = step["Type"]
+            for key in ("IfSteps", "ElseSteps"):
+                collect(step.get("Arguments", {}).get(key, []))
+
+    collect(pipeline_definition["Steps"])
     lines = ["graph TD"]
+    lines += [f'    {_node(name)}["{name}<br/>{kind}"]' for name, kind in sorted(types.items())]
     for source, target, label in sorted(edges(pipeline_definition)):
-        lines.append(f"    {source} -->|{label}| {target}" if label else f"    {source} --> {target}")
+        arrow = f"-->|{label}|" if label else "-->"
+        lines.append(f"    {_node(source)} {arrow} {_node(target)}")
     return "\n".join(lines) + "\n"
 
 
-MERMAID_EDGE = re.compile(r"^\s*([\w-]+) -->(?:\|(\w+)\|)? ([\w-]+)\s*$", re.M)
+MERMAID_NODE = re.compile(r'^\s*(\w+)\["([^"<]+)<br/>\w+"\]\s*$', re.M)
+MERMAID_EDGE = re.compile(r"^\s*(\w+) -->(?:\|(\w+)\|)? (\w+)\s*$", re.M)
 
 
 def drawn_edges(text: str) -> set[tuple[str, str, str]]:
-    """The edges of a mermaid flowchart as `mermaid` writes it."""
-    return {(a, b, label) for a, label, b in MERMAID_EDGE.findall(text)}
+    """The edges of a mermaid flowchart as `mermaid` writes it, by step name."""
+    names = dict(MERMAID_NODE.findall(text))
+    return {(names[a], names[b], label) for a, label, b in MERMAID_EDGE.findall(text)}
 
 
 def report_location(output_path: str) -> str:
