@@ -140,11 +140,6 @@ def pipeline_spec(options: Options) -> PipelineSpec:
 def native_pipeline(options: Options, dry_run: bool, out) -> int:
     """Define the SageMaker Pipeline; print it (`dry_run`, no AWS call), or create/update it and
     start an execution."""
-    if options.wait:
-        raise LaunchError(
-            "--native runs in SageMaker: follow the execution in SageMaker Studio or with "
-            "aws sagemaker list-pipeline-execution-steps (--wait is for the chained pipeline)"
-        )
     spec = pipeline_spec(options)
     if dry_run:
         pipeline = native.build(spec, native.offline_session(options.region))

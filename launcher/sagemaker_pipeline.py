@@ -202,9 +202,9 @@ def _build(spec: PipelineSpec, session, local: bool):
     from sagemaker.workflow.conditions import ConditionGreaterThan, ConditionLessThan
     from sagemaker.workflow.fail_step import FailStep
     from sagemaker.workflow.functions import Join, JsonGet
+    from sagemaker.workflow.model_step import ModelStep
     from sagemaker.workflow.pipeline import Pipeline
     from sagemaker.workflow.properties import PropertyFile
-    from sagemaker.workflow.step_collections import RegisterModel
 
     params = _parameters(spec)
     train = _train_step(spec, params, session, local)
@@ -273,25 +273,26 @@ def _build(spec: PipelineSpec, session, local: bool):
     passed = []
     if not local:
         passed = [
-            RegisterModel(
+            ModelStep(  # the SDK's current form of RegisterModel: a RegisterModel step in the definition
                 name=REGISTER,
-                model=Model(
+                step_args=Model(
                     image_uri=spec.train.image,
                     model_data=trained,
                     role=spec.train.role,
                     sagemaker_session=session,
+                ).register(
+                    content_types=["application/json"],
+                    response_types=["application/json"],
+                    model_package_group_name=spec.model_package_group,
+                    approval_status=APPROVAL,
+                    model_metrics=ModelMetrics(
+                        model_statistics=MetricsSource(
+                            s3_uri=Join("/", [report_uri, REPORT_FILE]), content_type="application/json"
+                        )
+                    ),
+                    description="FLAN-T5 LoRA adapter detoxified by PPO; passed the pipeline's quality gate",
                 ),
-                content_types=["application/json"],
-                response_types=["application/json"],
-                model_package_group_name=spec.model_package_group,
-                approval_status=APPROVAL,
-                model_metrics=ModelMetrics(
-                    model_statistics=MetricsSource(
-                        s3_uri=Join("/", [report_uri, REPORT_FILE]), content_type="application/json"
-                    )
-                ),
-                description="FLAN-T5 LoRA adapter detoxified by PPO; passed the pipeline's quality gate",
-                register_model_step_retry_policies=_retries(local)[:1],
+                retry_policies=_retries(local)[:1],
             )
         ]
     gate = ConditionStep(
