@@ -14,7 +14,7 @@ from detox_launcher import commands
 from detox_launcher import sagemaker_pipeline as native
 from detox_launcher.options import Options
 
-from tests.launcher.account import BUCKET, IMAGE, put
+from tests.launcher.account import BUCKET, IMAGE, put, service_model_errors
 from tests.servers import ACCOUNT, ISOLATION, REGION, ROLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,16 +97,6 @@ def _values(definition: dict) -> dict:
     return {**defaults, **PROPERTIES}
 
 
-def _service_model_check(operation: str, request: dict) -> None:
-    """botocore's own validation of a request against SageMaker's service model."""
-    import botocore.session
-    from botocore.validate import ParamValidator
-
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
-    assert not report.has_errors(), f"{operation}: {report.generate_report()}"
-
-
 @pytest.mark.parametrize("instance_count", [1, 2])
 def test_every_job_request_of_the_definition_satisfies_the_service_model(instance_count):
     spec = _spec(instance_count, keep_alive=None)
@@ -115,7 +105,8 @@ def test_every_job_request_of_the_definition_satisfies_the_service_model(instanc
     for name, step in _steps(definition).items():
         if step["Type"] in OPERATIONS:
             operation, added = OPERATIONS[step["Type"]]
-            _service_model_check(operation, {**_resolved(step["Arguments"], _values(definition)), **added})
+            request = {**_resolved(step["Arguments"], _values(definition)), **added}
+            assert service_model_errors(operation, request) == "", name
             checked.append((name, operation))
     expected = [
         (native.TRAIN, "CreateTrainingJob"),
