@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from flan_t5_detox.contract import s3
 from flan_t5_detox.contract.paths import CONTAINER, REPORT_OUTPUT
+from flan_t5_detox.contract.settings import TrainConfig
 
+from . import sagemaker_backend
 from .jobs import EvalJob, TrainJob, merge_job
-from .sagemaker_backend import sdk_config
 
 # The SDK warns, for every step, that SageMaker will name the jobs: that is the design here.
 for _name in ("sagemaker.workflow.utilities", "sagemaker.workflow._utils"):
@@ -61,14 +62,15 @@ class PipelineSpec:
 def _parameters(spec: PipelineSpec):
     from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 
-    hp = spec.train.hyperparameters
+    hp = spec.train.hyperparameters  # validated and JSON-encoded by jobs.train_job
+    steps = TrainConfig().max_ppo_steps
     params = {
         "TrainInstanceType": ParameterString("TrainInstanceType", spec.train.resources.instance_type),
         "TrainInstanceCount": ParameterInteger("TrainInstanceCount", spec.train.resources.instance_count),
         "EvaluateInstanceType": ParameterString(
             "EvaluateInstanceType", spec.evaluate.resources.instance_type
         ),
-        "PpoSteps": ParameterInteger("PpoSteps", int(json.loads(hp.get("max_ppo_steps", "10")))),
+        "PpoSteps": ParameterInteger("PpoSteps", int(json.loads(hp.get("max_ppo_steps", "null")) or steps)),
         "MinRougeLDiff": ParameterFloat("MinRougeLDiff", -spec.max_rouge_drop),
     }
     # One parameter per input given, named after it (e.g. InputPeftCheckpoint).
@@ -84,7 +86,7 @@ def _input(params: dict, name: str):
     return params["Input" + "".join(part.title() for part in name.split("_"))]
 
 
-def _retries(local: bool) -> list:
+def _retries() -> list:
     from sagemaker.workflow.retry import (
         SageMakerJobExceptionTypeEnum,
         SageMakerJobStepRetryPolicy,
@@ -92,8 +94,7 @@ def _retries(local: bool) -> list:
         StepRetryPolicy,
     )
 
-    if local:  # the local executor runs each step once
-        return []
+    # The SDK's local executor ignores these and runs each step once.
     return [
         StepRetryPolicy([StepExceptionTypeEnum[e] for e in STEP_RETRIES], max_attempts=3, backoff_rate=2.0),
         SageMakerJobStepRetryPolicy(
@@ -102,8 +103,7 @@ def _retries(local: bool) -> list:
     ]
 
 
-def _train_step(spec: PipelineSpec, params: dict, session, local: bool):
-    from sagemaker.estimator import Estimator
+def _train_step(spec: PipelineSpec, params: dict, session):
     from sagemaker.inputs import TrainingInput
     from sagemaker.workflow.execution_variables import ExecutionVariables
     from sagemaker.workflow.functions import Join
@@ -118,71 +118,35 @@ def _train_step(spec: PipelineSpec, params: dict, session, local: bool):
         checkpoint = Join(
             "/", [job.output_path, spec.name, "checkpoints", ExecutionVariables.PIPELINE_EXECUTION_ID]
         )
-    estimator = Estimator(
-        image_uri=job.image,
-        role=job.role,
+    estimator = sagemaker_backend.estimator(
+        job,
+        session,
         instance_count=params["TrainInstanceCount"],
         instance_type=params["TrainInstanceType"],
-        volume_size=job.resources.volume_size,
-        max_run=job.resources.max_run,
-        output_path=job.output_path,
+        hyperparameters=hyperparameters,
         checkpoint_s3_uri=checkpoint,
         checkpoint_local_path=str(CONTAINER.checkpoints) if checkpoint else None,
-        use_spot_instances=job.spot,
-        max_wait=job.max_wait,
-        keep_alive_period_in_seconds=job.keep_alive,
-        hyperparameters=hyperparameters,
-        metric_definitions=job.metric_definitions,
-        tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
-        environment=job.environment or None,
-        sagemaker_session=session,
-        disable_profiler=True,
-        debugger_hook_config=False,
     )
     channels = {name: TrainingInput(_input(params, name)) for name in job.channels}
     return TrainingStep(
         name=TRAIN,
         step_args=estimator.fit(inputs=channels or None),
         cache_config=CacheConfig(enable_caching=True, expire_after=CACHE_FOR),
-        retry_policies=_retries(local),
+        retry_policies=_retries(),
     )
 
 
-def _processing_step(name: str, job: EvalJob, inputs: dict, report_uri, params: dict, session, local, **kw):
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+def _processing_step(name: str, job: EvalJob, inputs: dict, report_uri, params: dict, session, **kw):
     from sagemaker.workflow.steps import CacheConfig, ProcessingStep
 
-    processor = Processor(
-        role=job.role,
-        image_uri=job.image,
-        instance_count=job.resources.instance_count,
-        instance_type=params["EvaluateInstanceType"],
-        entrypoint=job.entrypoint,
-        volume_size_in_gb=job.resources.volume_size,
-        max_runtime_in_seconds=job.resources.max_run,
-        env=job.environment or None,
-        tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
-        sagemaker_session=session,
-    )
-    step_args = processor.run(
-        inputs=[
-            ProcessingInput(source=uri, destination=str(CONTAINER.processing_input(n)), input_name=n)
-            for n, uri in inputs.items()
-        ],
-        outputs=[
-            ProcessingOutput(
-                source=str(CONTAINER.processing_output(REPORT_OUTPUT)),
-                destination=report_uri,
-                output_name=REPORT_OUTPUT,
-            )
-        ],
-        arguments=job.arguments or None,
-    )
+    processor = sagemaker_backend.processor(job, session, instance_type=params["EvaluateInstanceType"])
+    inputs, outputs = sagemaker_backend.processing_io(inputs, report_uri)
+    step_args = processor.run(inputs=inputs, outputs=outputs, arguments=job.arguments or None)
     return ProcessingStep(
         name=name,
         step_args=step_args,
         cache_config=CacheConfig(enable_caching=True, expire_after=CACHE_FOR),
-        retry_policies=_retries(local),
+        retry_policies=_retries(),
         **kw,
     )
 
@@ -207,7 +171,7 @@ def _build(spec: PipelineSpec, session, local: bool):
     from sagemaker.workflow.properties import PropertyFile
 
     params = _parameters(spec)
-    train = _train_step(spec, params, session, local)
+    train = _train_step(spec, params, session)
     trained = train.properties.ModelArtifacts.S3ModelArtifacts
     # Everything an execution writes is under the training job's folder, named by SageMaker: a
     # cached train step gives the same name, so the evaluation's arguments match and it is cached too.
@@ -221,9 +185,7 @@ def _build(spec: PipelineSpec, session, local: bool):
     sharded = spec.evaluate.resources.instance_count > 1
     evaluate_uri = Join("/", [*job_root, "evaluation", "parts" if sharded else REPORT_OUTPUT])
     extra = {} if sharded else {"property_files": [report]}
-    evaluate = _processing_step(
-        EVALUATE, spec.evaluate, inputs, evaluate_uri, params, session, local, **extra
-    )
+    evaluate = _processing_step(EVALUATE, spec.evaluate, inputs, evaluate_uri, params, session, **extra)
     steps = [train, evaluate]
     report_step = evaluate
     if sharded:
@@ -235,7 +197,6 @@ def _build(spec: PipelineSpec, session, local: bool):
             Join("/", [*job_root, "evaluation", REPORT_OUTPUT]),
             params,
             session,
-            local,
             property_files=[report],
         )
         steps.append(report_step)
@@ -292,7 +253,7 @@ def _build(spec: PipelineSpec, session, local: bool):
                     ),
                     description="FLAN-T5 LoRA adapter detoxified by PPO; passed the pipeline's quality gate",
                 ),
-                retry_policies=_retries(local)[:1],
+                retry_policies=_retries()[:1],
             )
         ]
     gate = ConditionStep(
@@ -319,7 +280,7 @@ def offline_session(region: str | None):
     from sagemaker.workflow.pipeline_context import PipelineSession
 
     session = boto3.Session(region_name=region or "us-east-1")
-    return PipelineSession(boto_session=session, sagemaker_config=sdk_config())
+    return PipelineSession(boto_session=session, sagemaker_config=sagemaker_backend.sdk_config())
 
 
 def definition(pipeline) -> dict:

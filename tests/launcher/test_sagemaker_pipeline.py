@@ -169,6 +169,18 @@ def test_the_definition_carries_the_parameters_the_gate_and_the_policies():
         assert {"SageMaker.CAPACITY_ERROR", "Step.THROTTLING"} <= retried
 
 
+def test_a_spot_training_checkpoints_per_execution_and_keeps_no_warm_pool():
+    definition = _definition(_spec(spot=True))
+    train = _resolved(_steps(definition)[native.TRAIN]["Arguments"], _values(definition))
+    assert train["EnableManagedSpotTraining"] is True
+    assert train["CheckpointConfig"] == {
+        "S3Uri": f"{OUTPUT}/flan-t5-detox/checkpoints/exec-1",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    assert "KeepAlivePeriodInSeconds" not in train["ResourceConfig"]
+    assert service_model_errors("CreateTrainingJob", {**train, "TrainingJobName": TRAIN_JOB}) == ""
+
+
 def test_registration_is_pending_manual_approval_with_the_report_as_its_metrics():
     definition = _definition(_spec())
     register = _resolved(
