@@ -141,6 +141,7 @@ def _add_job_commands(command, waiting: argparse.ArgumentParser) -> None:
         waiting,
     )
     _tables(p, "--eval")
+    _add(p, ("keep_alive",))
     native = p.add_argument_group("native SageMaker Pipeline")
     native.add_argument(
         "--native",
@@ -150,7 +151,7 @@ def _add_job_commands(command, waiting: argparse.ArgumentParser) -> None:
     native.add_argument(
         "--dry-run", action="store_true", help="with --native: print the pipeline definition, call no AWS"
     )
-    _add(native, ("keep_alive", "pipeline_name", "model_package_group", "max_rouge_drop"))
+    _add(native, ("pipeline_name", "model_package_group", "max_rouge_drop"))
     p.add_argument(
         "--out", type=Path, default=Path("detox-report"), help="where the report goes (default: %(default)s)"
     )
