@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from detox_entrypoints.demo import TRAIN_HYPERPARAMETERS
 from detox_launcher import commands
 from detox_launcher import sagemaker_pipeline as native
 from detox_launcher.options import Options
@@ -22,16 +23,6 @@ from tests.servers import ROLE, s3_test_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-# Sized for the tiny models, as the demo is (entrypoints/demo.py).
-HYPERPARAMETERS = {
-    "batch_size": 32,
-    "mini_batch_size": 8,
-    "learning_rate": 3e-3,
-    "output_min_length": 40,
-    "output_max_length": 60,
-    "dtype": "float32",
-    "num_threads": 1,
-}
 EVALUATE = {
     "num_samples": 96,
     "max_new_tokens": 60,
@@ -60,7 +51,7 @@ def local_pipeline(image, tiny_models, sample_dataset, s3_server, tmp_path_facto
         role=ROLE,
         bucket=bucket,
         instance_type="local",
-        hyperparameters=dict(HYPERPARAMETERS),
+        hyperparameters=dict(TRAIN_HYPERPARAMETERS),  # sized for the tiny models, as in the demo
         evaluate=dict(EVALUATE),
         environment={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
         pipeline_name=f"detox-local-{uuid.uuid4().hex[:6]}",
