@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flan_t5_detox.contract.failure import JobInputError
-from flan_t5_detox.contract.rules import Rule, above, at_least, between, one_of
+from flan_t5_detox.contract.rules import Bound, Rule, above, at_least, between, one_of
 
 DEFAULT_BASE_MODEL = "google/flan-t5-base"
 DEFAULT_DATASET = "knkarthick/dialogsum"
@@ -127,6 +127,13 @@ class TrainConfig(JobSettings):
 class EvalConfig(JobSettings):
     toxic_label: str = "hate"  # the class whose probability is the toxicity
     num_samples: int = setting(500, at_least(0, "0 = the whole test split"))
+    # Summaries drawn per test dialogue, each from its own random stream (the field's protocol
+    # draws 25; the README gives the cost of each extra sample).
+    samples_per_prompt: int = setting(4, Bound(low=1, high=100))
+    # An independent toxicity judge the reward never saw (input `judge_model`, else this hub name;
+    # empty = none), and its toxic class, chosen by name.
+    judge_model_name: str = ""
+    judge_label: str = "toxic"
     max_new_tokens: int = setting(100, at_least(1))
     generation_batch_size: int = setting(16, at_least(1))
     bootstrap_samples: int = setting(10000, at_least(100))
@@ -137,6 +144,8 @@ class EvalConfig(JobSettings):
         problems = super().combination_problems()
         if self.reward_label == self.toxic_label:
             problems.append("reward_label and toxic_label must name different classes")
+        if not self.judge_label:
+            problems.append("judge_label must name the judge's toxic class")
         return problems
 
 

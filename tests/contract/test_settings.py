@@ -90,7 +90,7 @@ def test_the_shared_part_is_one_set_of_fields_in_both_jobs():
         assert all(getattr(cls(), name) == getattr(JobSettings(), name) for name in shared)
     # Each job has its own generation batch: rollouts take the whole PPO batch by default.
     assert (TrainConfig().generation_batch_size, EvalConfig().generation_batch_size) == (0, 16)
-    assert len(field_types(TrainConfig)) == 38 and len(field_types(EvalConfig)) == 21
+    assert len(field_types(TrainConfig)) == 38 and len(field_types(EvalConfig)) == 24
 
 
 def test_every_problem_is_reported_at_once():
@@ -141,3 +141,13 @@ def test_checked_hyperparameters_are_sent_as_parsed_or_refused():
         encode_hyperparameters({"max_ppo_step": 2})
     with pytest.raises(JobInputError, match="divisible by mini_batch_size"):
         encode_hyperparameters({"batch_size": 10})
+
+
+def test_samples_per_prompt_is_bounded_and_a_judge_needs_its_label():
+    assert EvalConfig().samples_per_prompt >= 1 and EvalConfig().judge_model_name == ""
+    assert parse_settings(EvalConfig, {"samples_per_prompt": "25"}).samples_per_prompt == 25
+    for bad in (0, 101):
+        with pytest.raises(JobInputError, match=r"samples_per_prompt must be in \[1, 100\]"):
+            parse_settings(EvalConfig, {"samples_per_prompt": bad})
+    with pytest.raises(JobInputError, match="judge_label must name"):
+        parse_settings(EvalConfig, {"judge_label": ""})
