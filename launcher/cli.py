@@ -142,7 +142,7 @@ def _add_job_commands(command, waiting: argparse.ArgumentParser) -> None:
         waiting,
     )
     _tables(p, "--eval")
-    _add(p, ("keep_alive",))
+    _add(p, ("judge_model", "keep_alive"))
     native = p.add_argument_group("native SageMaker Pipeline")
     native.add_argument(
         "--native",

@@ -40,8 +40,9 @@ OPERATIONS = {  # step type -> the API request SageMaker makes for it, and the n
 
 
 def _inputs(aws=None) -> dict[str, str]:
-    """The train job's four inputs (S3 folders); with `aws`, something in each."""
-    names = ("base_model", "peft_checkpoint", "reward_model", "dataset")
+    """The train job's four inputs and the evaluation's judge (S3 folders); with `aws`, something
+    in each."""
+    names = ("base_model", "peft_checkpoint", "reward_model", "dataset", "judge_model")
     uris = {name: f"s3://{BUCKET}/inputs/{name}/" for name in names}
     for uri in uris.values() if aws is not None else ():
         put(aws, uri.split("/", 3)[3] + "config.json")
@@ -135,6 +136,13 @@ def test_the_definition_carries_the_parameters_the_gate_and_the_policies():
     train = _resolved(steps[native.TRAIN]["Arguments"], _values(definition))
     assert train["HyperParameters"]["max_ppo_steps"] == "20"  # from the PpoSteps parameter
     assert train["ResourceConfig"]["InstanceCount"] == 2
+    channels = {c["ChannelName"] for c in train["InputDataConfig"]}
+    assert channels == {
+        "base_model",
+        "peft_checkpoint",
+        "reward_model",
+        "dataset",
+    }  # the judge evaluates only
     # The sharded evaluation writes parts; the merge reads them and writes the report the gate reads.
     evaluate = _resolved(steps[native.EVALUATE]["Arguments"], _values(definition))
     merge = _resolved(steps[native.MERGE]["Arguments"], _values(definition))

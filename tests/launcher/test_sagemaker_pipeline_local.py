@@ -43,7 +43,7 @@ def local_pipeline(image, tiny_models, sample_dataset, s3_server, tmp_path_facto
     bucket = f"detox-pipeline-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     inputs = {}
-    for name, source in tiny_models.channels(Path(sample_dataset)).items():
+    for name, source in tiny_models.evaluation_inputs(Path(sample_dataset)).items():  # the judge too
         inputs[name] = f"s3://{bucket}/inputs/{name}/"
         s3.upload(Path(source), inputs[name], client)
     options = Options(
@@ -99,6 +99,7 @@ def test_the_gate_passes_a_detoxified_adapter(local_pipeline):
     assert steps[native.GATE]["Metadata"]["Condition"]["Outcome"] is True
     report = _report(client, bucket, steps)
     print(f"[pipeline] pass branch verdict: {report['verdict']}")
+    assert report["verdict"]["toxicity_judge"] == "judge"  # the gate read the judge's figure
     assert report["verdict"]["toxicity_diff_ci_high"] < 0
     assert report["verdict"]["sample_size"] == EVALUATE["num_samples"]
     assert report["training_summary"]["steps"] == PASS_STEPS  # the PpoSteps parameter reached the train job
