@@ -88,8 +88,13 @@ def test_snapshot_restore_replays_the_same_next_step(tiny_models, tmp_path):
 
 
 def test_exploding_kl_aborts(tiny_models):
-    trainer = tiny_trainer(tiny_models, tiny_config(learning_rate=0.5, max_kl=1e-9, max_ppo_steps=5))
+    """Step 1 samples from the starting policy: its KL is fp32 rounding between two passes of the
+    same weights (0 on some CPUs, 2.4e-7 measured on an AVX2 AMD EPYC; each log-prob moves by about
+    1e-6 at most, summed over at most 60 tokens: under 1e-4). max_kl=1e-3 sits above that bound
+    and far below what a learning rate of 0.5 does in one update."""
+    trainer = tiny_trainer(tiny_models, tiny_config(learning_rate=0.5, max_kl=1e-3, max_ppo_steps=5))
     trainer.run_step()
+    assert abs(trainer.history[-1]["kl"]) < 1e-4
     with pytest.raises(TrainingDiverged, match="exceeded max_kl"):
         trainer.run_step()
     assert trainer.last_good.step == 1
