@@ -54,10 +54,14 @@ def check_inputs(aws: Aws, output_uri: str, inputs: dict[str, str]) -> None:
 
 
 def submit_training(aws: Aws, job: TrainJob) -> str:
+    from sagemaker.debugger import TensorBoardOutputConfig
     from sagemaker.estimator import Estimator
     from sagemaker.inputs import TrainingInput
 
     check_inputs(aws, job.output_path, job.channels)
+    tensorboard = None
+    if job.tensorboard_s3_uri:
+        tensorboard = TensorBoardOutputConfig(job.tensorboard_s3_uri, str(CONTAINER.tensorboard))
     estimator = Estimator(
         image_uri=job.image,
         role=job.role,
@@ -72,6 +76,7 @@ def submit_training(aws: Aws, job: TrainJob) -> str:
         max_wait=job.max_wait,
         hyperparameters=job.hyperparameters,
         metric_definitions=job.metric_definitions,
+        tensorboard_output_config=tensorboard,
         tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
         environment=job.environment or None,
         base_job_name="detox-train",

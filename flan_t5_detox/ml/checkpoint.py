@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from flan_t5_detox.ml.loading import DamagedFile, UnsafeFile, load_tensors
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+SETTINGS_FILE = "settings.json"  # the run's settings, readable before anything heavy loads
 PREFIX = "step-"
 
 
@@ -44,6 +45,11 @@ class Snapshot:
     optimizer: dict
     rng: dict
     history: list[dict]  # the metrics of steps 1..step
+    # With defaults, so checkpoints written before these existed still load.
+    settings: dict = field(default_factory=dict)  # the run's TrainConfig (`settings.check_resume`)
+    heldout_start: dict = field(default_factory=dict)  # the starting summarizer's held-out figures
+    best_step: int = 0  # keep_best: the best evaluated step so far (0: none yet)
+    best_trainable: dict = field(default_factory=dict)  # its trainable weights
 
     def to_dict(self) -> dict:
         """The fields by name, values shared (not copied): what `Snapshot(**d)` takes back."""
@@ -136,6 +142,8 @@ def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
         handle.write(to_bytes(snapshot))
         handle.flush()
         os.fsync(handle.fileno())
+    if snapshot.settings:
+        (tmp / SETTINGS_FILE).write_text(json.dumps(snapshot.settings, indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -209,13 +217,32 @@ def latest(directory: Path) -> Snapshot | None:
     return None
 
 
-def restore(snapshot: Snapshot, model, optimizer, length_sampler_rng) -> None:
+def recorded_settings(directory: Path) -> tuple[Path, dict] | None:
+    """The settings the newest checkpoint that recorded them was written with, and its folder;
+    None when there is none (no checkpoint, or only ones from before settings were recorded).
+    Every checkpoint of a run records the same, so a damaged state.pt beside them does not matter."""
+    for folder in sorted(Path(directory).glob(f"{PREFIX}*"), reverse=True):
+        try:
+            settings = json.loads((folder / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(settings, dict):
+            return folder, settings
+    return None
+
+
+def load_trainable(model, trainable: dict[str, torch.Tensor]) -> None:
+    """Copy a snapshot's trainable weights into `model`."""
     params = dict(model.named_parameters())
-    missing = set(snapshot.trainable) - set(params)
+    missing = set(trainable) - set(params)
     if missing:
         raise ValueError(f"checkpoint does not match the model: unknown parameters {sorted(missing)[:3]}")
     with torch.no_grad():
-        for name, value in snapshot.trainable.items():
+        for name, value in trainable.items():
             params[name].copy_(value)
+
+
+def restore(snapshot: Snapshot, model, optimizer, length_sampler_rng) -> None:
+    load_trainable(model, snapshot.trainable)
     optimizer.load_state_dict(snapshot.optimizer)
     restore_rng(snapshot.rng, length_sampler_rng)
