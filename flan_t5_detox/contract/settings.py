@@ -47,6 +47,9 @@ class JobSettings:
     reward_model_name: str = DEFAULT_REWARD_MODEL
     reward_label: str = "nothate"  # the rewarded class, chosen by name, never by index
     reward_input: str = setting("response", one_of(REWARD_INPUTS))  # what the reward reads
+    # The class whose probability is the toxicity: the evaluate job's, and the train job's
+    # held-out evaluation's.
+    toxic_label: str = "hate"
 
     # Data (notebook: 200 < len(dialogue) <= 1000, 80/20 split without shuffle).
     input_min_text_length: int = 200
@@ -109,7 +112,6 @@ class TrainConfig(JobSettings):
     # evaluate job's code at step 0, every `eval_every` steps and at the last step.
     eval_every: int = setting(0, at_least(0, "0 = never"))
     eval_samples: int = setting(0, at_least(0, "0 = none held out"))
-    toxic_label: str = "hate"  # the class whose probability is the toxicity, as the evaluate job's
     # keep_best: model/ holds the adapter of the best evaluated step (see `ml.heldout.BestRule`),
     # among those whose held-out ROUGE-L is at most `max_rouge_drop` below the start's.
     keep_best: bool = False
@@ -146,7 +148,6 @@ class TrainConfig(JobSettings):
 
 @dataclass(kw_only=True)
 class EvalConfig(JobSettings):
-    toxic_label: str = "hate"  # the class whose probability is the toxicity
     num_samples: int = setting(500, at_least(0, "0 = the whole test split"))
     max_new_tokens: int = setting(100, at_least(1))
     generation_batch_size: int = setting(16, at_least(1))
@@ -168,7 +169,6 @@ def heldout_settings(config: TrainConfig) -> EvalConfig:
     shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(JobSettings)}
     settings = EvalConfig(
         **shared,
-        toxic_label=config.toxic_label,
         num_samples=config.eval_samples,
         max_new_tokens=config.output_max_length,
         generation_batch_size=config.generation_batch_size or config.batch_size,
