@@ -17,6 +17,7 @@ from flan_t5_detox.ml.distributed import World
 from flan_t5_detox.ml.heldout import BestRule
 from flan_t5_detox.ml.ppo import StepResult, TrainingDiverged
 from flan_t5_detox.ml.training import TrainingRun
+from tests.helpers import read_events
 
 
 class CountingTrainer:
@@ -188,15 +189,6 @@ def test_every_step_and_every_held_out_evaluation_reach_tensorboard_and_a_resume
     assert [e.step for e in scalars["heldout/toxicity"]] == [0, 2, 3, 4]
     assert [e.value for e in scalars["heldout/toxicity"]] == pytest.approx([0.20, 0.10, 0.05, 0.12])
     assert [e.step for e in scalars["heldout/rouge_l"]] == [0, 2, 3, 4]
-
-
-def read_events(folder) -> dict:
-    """Every scalar in the event files under `folder`, by tag, read by TensorBoard's own reader."""
-    from tensorboard.backend.event_processing import event_accumulator
-
-    reader = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
-    reader.Reload()
-    return {name: reader.Scalars(name) for name in reader.Tags()["scalars"]}
 
 
 def test_the_metrics_line_says_how_far_the_run_is_and_how_long_is_left(tmp_path, capsys):
