@@ -7,8 +7,12 @@ from __future__ import annotations
 import re
 import time
 
+from botocore.session import get_session
+from botocore.validate import ParamValidator
+
 from flan_t5_detox.contract.environment import decode_hyperparameters
 from flan_t5_detox.contract.metrics import format_metrics_line, metric_definitions
+from flan_t5_detox.contract.paths import CONTAINER, MlPaths
 from flan_t5_detox.contract.settings import EvalConfig, TrainConfig, parse_settings
 from tests.launcher.account import IMAGE, existing_processing_job, existing_training_job, put, submitted_name
 from tests.servers import ROLE, JobState
@@ -94,6 +98,26 @@ def test_train_job_hyperparameters_and_metric_definitions(aws, bucket, launch):
         if (m := re.search(d["Regex"], line))
     }  # fmt: skip
     assert found == {"train:reward_mean": 0.125, "train:kl": -0.5, "train:time_step": 12.0}
+
+
+def test_train_job_request_with_tensorboard_output(aws, bucket, launch):
+    """SageMaker syncs the job's TensorBoard folder to S3 while it runs; the request that reached
+    the API is one SageMaker's service model (botocore's) accepts."""
+    peft = put(aws, "inputs/peft_checkpoint/config.json")
+    code, _, err = launch(
+        "train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--peft-checkpoint", peft,
+        "--tensorboard-s3-uri", f"s3://{bucket}/tensorboard/run-1",
+    )  # fmt: skip
+    assert code == 0, err
+    [request] = aws.api.sent("CreateTrainingJob")
+    assert request["TensorBoardOutputConfig"] == {
+        "S3OutputPath": f"s3://{bucket}/tensorboard/run-1",
+        "LocalPath": "/opt/ml/output/tensorboard",
+    }
+    assert CONTAINER.tensorboard == MlPaths(CONTAINER.root).root / "output" / "tensorboard"
+    operation = get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob")
+    report = ParamValidator().validate(request, operation.input_shape)
+    assert not report.has_errors(), report.generate_report()
 
 
 def test_evaluate_job_request_takes_the_train_jobs_model(aws, bucket, launch):
