@@ -5,8 +5,10 @@
 
 The trainer is set up as the demo's train job (batch 32, responses of up to 60 tokens, fp32, one
 thread); each call measures the policy on the held-out prompts (`HeldOut.measure`: the evaluate
-job's generation and scoring, then the KL's sampling and its two log-prob passes). The first call
-warms up and is left out. For scale, one PPO step of the same trainer is timed beside it.
+job's generation and scoring, then the KL's sampling and its two log-prob passes), and the
+evaluate job's part alone is timed beside it. The first call warms up and is left out. CPU
+seconds (one thread) are less moved by other processes than wall seconds. For scale, one PPO
+step of the same trainer is timed too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from flan_t5_detox.contract.settings import TrainConfig, heldout_settings
 from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.fixtures.embedded import embedded_default
-from flan_t5_detox.ml import adapters, data, runtime
+from flan_t5_detox.ml import adapters, data, evaluation, runtime
 from flan_t5_detox.ml.heldout import HeldOut
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.policy import build_policy
@@ -61,11 +63,15 @@ def main(argv=None) -> None:
     heldout = HeldOut(prompts.validation, reward_model, heldout_settings(config))
     trainer = DetoxTrainer(config, policy, tokenizer, prompts.train, reward_model.rewards)
     step_seconds = trainer.run_step().metrics["time_step"]  # no held-out phase: trainer.heldout is None
-    seconds = []
+    seconds, cpu, evaluate_only = [], [], []
     for _ in range(args.calls + 1):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         heldout.measure(policy, tokenizer, trainer.trl)
         seconds.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+        started = time.perf_counter()  # the evaluate job's part alone: without the KL's passes
+        evaluation.evaluate_model(policy, tokenizer, heldout.examples, reward_model, heldout.config)
+        evaluate_only.append(time.perf_counter() - started)
     timed = np.array(seconds[1:])
     print(
         json.dumps(
@@ -76,6 +82,8 @@ def main(argv=None) -> None:
                 "seconds_per_call_mean": round(float(timed.mean()), 3),
                 "seconds_per_call_min": round(float(timed.min()), 3),
                 "seconds_per_call_max": round(float(timed.max()), 3),
+                "cpu_seconds_per_call_mean": round(float(np.mean(cpu[1:])), 3),
+                "evaluate_model_seconds_mean": round(float(np.mean(evaluate_only[1:])), 3),
                 "ppo_step_seconds": round(step_seconds, 3),
                 "threads": torch.get_num_threads(),
             },
