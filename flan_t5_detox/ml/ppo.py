@@ -121,9 +121,8 @@ class DetoxTrainer:
         snap = checkpoint.take_snapshot(
             self.step, self.trl.kl_ctl.value, self.policy, self.trl.optimizer, self.lengths.rng, self.history
         )
-        snap.settings = dataclasses.asdict(self.config)
-        snap.heldout_start = dict(self.heldout_start)
-        return snap
+        settings, start = dataclasses.asdict(self.config), dict(self.heldout_start)
+        return dataclasses.replace(snap, settings=settings, heldout_start=start)
 
     def restore(self, snap: checkpoint.Snapshot) -> None:
         checkpoint.restore(snap, self.policy, self.trl.optimizer, self.lengths.rng)
