@@ -1,8 +1,8 @@
 """`detox-demo`: the whole pipeline offline, end to end, in a few minutes on a laptop CPU.
 
-1. takes the embedded default: tiny stand-ins for FLAN-T5, the summarization adapter and the
-   reward model, trained on the shipped sample at first use and cached
-   (flan_t5_detox.fixtures.tiny; no model hub needed),
+1. takes the embedded default: tiny stand-ins for FLAN-T5, the summarization adapter, the
+   reward model and an independent toxicity judge, shipped as files and checked against their
+   manifest (flan_t5_detox.fixtures.embedded; no model hub needed),
 2. lays out /opt/ml-like folders exactly as SageMaker would (flan_t5_detox.contract.layout),
 3. runs the real train job, then the real evaluate job on its model/ and output/data,
 4. prints where report.html is.
@@ -41,9 +41,9 @@ TRAIN_HYPERPARAMETERS = {
     "keep_best": True,
 }
 KEPT_ADAPTERS = 4  # adapters kept along the way (save_adapter_every), for the report's trade-off curve
-# The evaluate job keeps its defaults (whole test split of the sample, 100 new tokens); fp32 so
-# the demo gives the same numbers on every CPU.
-EVALUATE_ARGUMENTS = ["--dtype", "float32", "--num-threads", "1"]
+# The evaluate job keeps its defaults (whole test split of the sample, 100 new tokens, 4 samples
+# per prompt, the embedded judge); fp32 so the demo gives the same numbers on every CPU.
+EVALUATE_ARGUMENTS = ["--dtype", "float32", "--num-threads", "1", "--samples-per-prompt", "4"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,7 +78,8 @@ def run_jobs(out: Path, steps: int) -> int:
     from . import evaluate, train
 
     print(f"[demo] embedded default models: {EMBEDDED_DIR}, checked against its manifest", flush=True)
-    inputs = embedded_default().channels()
+    models = embedded_default()
+    inputs = models.channels()
     every = max(1, steps // (KEPT_ADAPTERS + 1))
     # Held-out evaluation on the steps whose adapters are kept, so the best is one of them.
     settings = {
@@ -97,7 +98,11 @@ def run_jobs(out: Path, steps: int) -> int:
 
     eval_root = write_processing_layout(
         out / "evaluate",
-        {**inputs, "detoxified": train_root / "model", "training_output": train_root / "output" / "data"},
+        {
+            **models.evaluation_inputs(),
+            "detoxified": train_root / "model",
+            "training_output": train_root / "output" / "data",
+        },
     )
     eval_args = ["evaluate", "--ml-root", str(eval_root), *EVALUATE_ARGUMENTS]
     print(f"[demo] evaluate job: detox-evaluate {' '.join(eval_args)}", flush=True)

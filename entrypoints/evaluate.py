@@ -15,6 +15,8 @@ Inputs (under <ml-root>/processing/input/):
     detoxified        the train job's model/ folder, or its model.tar.gz = the "after" model
     dataset           DialogSum-format data (else `dataset_name`); its test split is evaluated
     reward_model      the hate-speech classifier (else `reward_model_name`)
+    judge_model       optional: an independent toxicity classifier the reward never saw (else
+                      `judge_model_name`; neither = no judge); its toxic class is `judge_label`
     training_output   optional: the train job's output/data folder or output.tar.gz (PPO curves)
 
 Settings are the fields of `EvalConfig`, from what SageMaker gives a processing job: its
@@ -119,6 +121,11 @@ class EvaluateRecipe:
             inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
         )
         self.reward_model.index_of(config.toxic_label)
+        self.judge = None
+        if inputs.judge_model is not None:
+            self.judge = RewardModel(
+                inputs.judge_model, config.judge_label, batch_size=config.generation_batch_size, role="judge"
+            )
         self.tokenizer = load_tokenizer(inputs.base_model)
         with named_as_given(inputs):
             self.before = adapters.load_merged(inputs.base_model, inputs.before_adapter, self.machine.dtype)
@@ -161,14 +168,18 @@ class EvaluateRecipe:
         )
 
     def _measure(self, model, name: str):
+        """k samples per dialogue of this host's block, perplexity under the starting summarizer;
+        `name` says which model in the progress line."""
         from flan_t5_detox.ml import evaluation
 
+        scorers = evaluation.Scorers(self.reward_model, self.judge, self.before)
         if not self.positions:  # more hosts than generation batches: this one's part is empty
-            return evaluation.Side.empty()
+            return evaluation.Side.empty(scorers.names(), self.config.samples_per_prompt)
         mine = [self.examples[p] for p in self.positions]
         side = evaluation.evaluate_model(
-            model, self.tokenizer, mine, self.reward_model, self.config, self.positions
-        )
+            model, self.tokenizer, mine, self.reward_model, self.config, self.positions,
+            judge=self.judge, reference=self.before,
+        )  # fmt: skip
         self.measured += 1
         log.info("measured %s: %s", name, self.progress.done(self.measured))
         return side
@@ -189,6 +200,11 @@ class EvaluateRecipe:
                     inputs.after_adapter, inputs.as_given["after_adapter"]
                 ),
                 "reward_model": sources.describe_source(inputs.reward_model),
+                **(
+                    {"judge_model": sources.describe_source(inputs.judge_model)}
+                    if inputs.judge_model is not None
+                    else {}
+                ),
             },
             versions=runtime.versions(),
             runtime=self.machine.describe(),
@@ -233,7 +249,7 @@ def merge(env: ProcessingJobEnvironment) -> int:
 
 def report_measurements(env: ProcessingJobEnvironment, measured, context) -> int:
     """Statistics, the trade-off curve and the report files, from every dialogue's measurements."""
-    from flan_t5_detox.ml import evaluation, report
+    from flan_t5_detox.ml import evaluation, report, tradeoff
 
     config = context.settings
     result = evaluation.assemble(
@@ -242,7 +258,7 @@ def report_measurements(env: ProcessingJobEnvironment, measured, context) -> int
     if measured.final_step is not None:
         curves = context.training
         kl = dict(zip(curves.step, curves.kl)) if curves else None
-        result.curve = evaluation.tradeoff_curve(result, measured.steps, measured.final_step, config, kl)
+        result.curve = tradeoff.tradeoff_curve(result, measured.steps, measured.final_step, config, kl)
     written = report.write_report(env.output(REPORT_OUTPUT), result, context)
     log.info("report: %s", ", ".join(str(p) for p in written))
     return 0

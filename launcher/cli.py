@@ -32,6 +32,7 @@ EVAL = (
     "peft_checkpoint",
     "dataset",
     "reward_model",
+    "judge_model",
     "detoxified",
     "training_output",
     "train_job",

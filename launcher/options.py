@@ -60,6 +60,7 @@ class Options:
     peft_checkpoint: str | None = _opt(None, "summarization LoRA adapter folder")
     dataset: str | None = _opt(None, "DialogSum-format dataset folder or file")
     reward_model: str | None = _opt(None, "hate-speech reward model folder")
+    judge_model: str | None = _opt(None, "evaluate: an independent toxicity classifier (the judge)")
     detoxified: str | None = _opt(None, "evaluate: the train job's model.tar.gz or model folder")
     training_output: str | None = _opt(None, "evaluate: the train job's output.tar.gz (PPO curves)")
     train_job: str | None = _opt(None, "evaluate: take detoxified/training-output from this train job")

@@ -83,6 +83,7 @@ class EvaluationInputs:
 
     base_model: str
     reward_model: str
+    judge_model: str | None  # the independent toxicity judge, if any
     before_adapter: Path  # the summarization adapter
     after_adapter: Path  # the train job's model/
     training_output: Path | None  # the train job's output/data/, for the PPO curves
@@ -104,6 +105,7 @@ def evaluation_inputs(env: ProcessingJobEnvironment, config: EvalConfig, scratch
     return EvaluationInputs(
         base_model=model_source(env.input("base_model"), config.base_model_name, "base model"),
         reward_model=model_source(env.input("reward_model"), config.reward_model_name, "reward model"),
+        judge_model=str(judge) if (judge := env.input("judge_model")) else config.judge_model_name or None,
         before_adapter=resolve_folder(before, ADAPTER_CONFIG, "input 'peft_checkpoint'", scratch),
         after_adapter=resolve_folder(after, ADAPTER_CONFIG, "input 'detoxified'", scratch),
         training_output=None

@@ -26,7 +26,7 @@ ML_ROOT = Path("/opt/ml")
 
 # Channels of the train job; the evaluate job takes the same inputs plus the train job's outputs.
 TRAIN_CHANNELS = ("base_model", "peft_checkpoint", "dataset", "reward_model")
-EVAL_INPUTS = (*TRAIN_CHANNELS, "detoxified", "training_output")
+EVAL_INPUTS = (*TRAIN_CHANNELS, "judge_model", "detoxified", "training_output")
 REPORT_OUTPUT = "report"
 
 # What the train job writes into model/ and output/data/.

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flan_t5_detox.contract.failure import JobInputError
-from flan_t5_detox.contract.rules import Rule, above, at_least, between, one_of
+from flan_t5_detox.contract.rules import Bound, Rule, above, at_least, between, one_of
 
 DEFAULT_BASE_MODEL = "google/flan-t5-base"
 DEFAULT_DATASET = "knkarthick/dialogsum"
@@ -149,6 +149,13 @@ class TrainConfig(JobSettings):
 @dataclass(kw_only=True)
 class EvalConfig(JobSettings):
     num_samples: int = setting(500, at_least(0, "0 = the whole test split"))
+    # Summaries drawn per test dialogue, each from its own random stream (the field's protocol
+    # draws 25; the README gives the cost of each extra sample).
+    samples_per_prompt: int = setting(4, Bound(low=1, high=100))
+    # An independent toxicity judge the reward never saw (input `judge_model`, else this hub name;
+    # empty = none), and its toxic class, chosen by name.
+    judge_model_name: str = ""
+    judge_label: str = "toxic"
     max_new_tokens: int = setting(100, at_least(1))
     generation_batch_size: int = setting(16, at_least(1))
     bootstrap_samples: int = setting(10000, at_least(100))
@@ -159,17 +166,21 @@ class EvalConfig(JobSettings):
         problems = super().combination_problems()
         if self.reward_label == self.toxic_label:
             problems.append("reward_label and toxic_label must name different classes")
+        if not self.judge_label:
+            problems.append("judge_label must name the judge's toxic class")
         return problems
 
 
 def heldout_settings(config: TrainConfig) -> EvalConfig:
     """The evaluate job's settings for the train job's held-out evaluation: the shared part as the
-    train job has it, responses of up to `output_max_length` tokens, the train job's
-    `generation_batch_size` (0: its `batch_size`). Raises `JobInputError` as `validate` does."""
+    train job has it, one sample per prompt (a measurement every few steps, not the verdict),
+    responses of up to `output_max_length` tokens, the train job's `generation_batch_size` (0: its
+    `batch_size`). Raises `JobInputError` as `validate` does."""
     shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(JobSettings)}
     settings = EvalConfig(
         **shared,
         num_samples=config.eval_samples,
+        samples_per_prompt=1,
         max_new_tokens=config.output_max_length,
         generation_batch_size=config.generation_batch_size or config.batch_size,
     )

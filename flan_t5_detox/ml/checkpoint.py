@@ -1,8 +1,10 @@
 """Atomic training checkpoints: what a restarted job needs to continue exactly.
 
 A checkpoint is a folder `step-000012/` holding `state.pt` (trainable weights,
-optimizer, KL coefficient, step, RNG states, and the metrics of every step so far) written
-under a temporary name and renamed into place, so a reader never sees half of one. A job
+optimizer, KL coefficient, step, RNG states, the metrics of every step so far, the run's
+settings, and keep_best's step and weights) and `settings.json` (the settings again, readable
+before anything heavy loads), written under a temporary name and renamed into place, so a
+reader never sees half of one. A job
 restarted on a fresh instance gets back only the checkpoints, so they carry everything the
 outputs are built from. Only tensors and a JSON string are stored, so loading uses
 `torch.load(weights_only=True)`.

@@ -24,6 +24,7 @@ import torch
 from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
 from flan_t5_detox.fast.decoder import IncrementalDecoder, decoding_products
+from flan_t5_detox.fast.logprobs import chosen_logprobs
 
 
 @dataclass
@@ -181,6 +182,30 @@ def generate(
             )
         )
     return responses
+
+
+@torch.no_grad()
+def response_logprobs(
+    model, tokenizer, queries: list[torch.Tensor], responses: list[torch.Tensor], encoder_states=None
+) -> list[torch.Tensor]:
+    """Each response's token log-probs under `model`, teacher-forced on its query: one value per
+    token after the decoder start (the closing EOS included), fp32. Rows are padded and masked,
+    so a row's values do not depend on its batch. `encoder_states`: from `run_encoder`, if known."""
+    seq2seq = _seq2seq(model)
+    states = encoder_states if encoder_states is not None else run_encoder(model, tokenizer, queries)
+    mask = _right_padding_mask(queries)
+    width = max(len(r) for r in responses)
+    decoder_ids = torch.full((len(responses), width), tokenizer.pad_token_id)
+    for i, r in enumerate(responses):
+        decoder_ids[i, : len(r)] = r
+    logits = seq2seq(
+        encoder_outputs=(pad_states(states),),
+        attention_mask=mask,
+        decoder_input_ids=decoder_ids,
+        decoder_attention_mask=_right_padding_mask(responses),
+    ).logits
+    logprobs, _ = chosen_logprobs(logits, decoder_ids[:, 1:])
+    return [logprobs[i, : len(r) - 1] for i, r in enumerate(responses)]
 
 
 def stream_seed(seed: int, *keys: int) -> int:

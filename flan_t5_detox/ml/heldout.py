@@ -64,8 +64,9 @@ class HeldOut:
     def response_kl(
         self, policy, tokenizer, trl, examples: list[Example], positions: list[int]
     ) -> np.ndarray:
-        """Each prompt's response sampled as `evaluate_model` samples it (same settings, batches
-        and per-dialogue streams, so the same tokens), and its KL to the starting summarizer."""
+        """Each prompt's response sampled as `evaluate_model` samples its first (same settings,
+        batches and stream, `stream_seed(seed, place, 0)`: the same tokens), and its KL to the
+        starting summarizer."""
         config = self.config
         queries = [
             torch.tensor(ids) for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
@@ -77,7 +78,7 @@ class HeldOut:
             [config.max_new_tokens] * len(queries),
             generation.SamplingSettings(config.min_length, config.top_k, config.top_p),
             config.generation_batch_size,
-            row_seeds=[generation.stream_seed(config.seed, p) for p in positions],
+            row_seeds=[generation.stream_seed(config.seed, p, 0) for p in positions],
         )
         return trl.response_kl(policy, queries, responses).double().numpy()
 

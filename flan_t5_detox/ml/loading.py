@@ -161,5 +161,5 @@ def load_seq2seq(path_or_name: str | Path, dtype: torch.dtype = torch.float32):
     return _load(AutoModelForSeq2SeqLM, path_or_name, "base model", torch_dtype=dtype)
 
 
-def load_classifier(path_or_name: str | Path):
-    return _load(AutoModelForSequenceClassification, path_or_name, "reward model")
+def load_classifier(path_or_name: str | Path, what: str = "reward model"):
+    return _load(AutoModelForSequenceClassification, path_or_name, what)

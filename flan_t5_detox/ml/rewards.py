@@ -35,12 +35,12 @@ def reward_text(query: str, response: str, reward_input: str = "query_response")
     raise ValueError(f"reward_input must be one of {REWARD_INPUTS}, got {reward_input!r}")
 
 
-def label_index(id2label: dict, name: str) -> int:
+def label_index(id2label: dict, name: str, what: str = "reward model") -> int:
     for index, label in id2label.items():
         if str(label).lower() == name.lower():
             return int(index)
     raise JobInputError(
-        f"the reward model has no label {name!r}; its labels are {sorted(map(str, id2label.values()))}"
+        f"the {what} has no label {name!r}; its labels are {sorted(map(str, id2label.values()))}"
     )
 
 
@@ -58,20 +58,22 @@ class RewardModel:
         reward_input: str = "query_response",
         batch_size: int = 16,
         batch_tokens: int = 4096,
+        role: str = "reward model",  # what errors call it (e.g. "judge")
     ):
-        self.tokenizer = load_tokenizer(path_or_name, "reward model")
-        self.model = load_classifier(path_or_name)
+        self.role = role
+        self.tokenizer = load_tokenizer(path_or_name, role)
+        self.model = load_classifier(path_or_name, role)
         # Judge the response: when query + response exceed the window, drop the
         # start of the query rather than the end of the response.
         self.tokenizer.truncation_side = "left"
         self.model.eval()
         self.id2label = dict(self.model.config.id2label)
-        self.reward_index = label_index(self.id2label, reward_label)
+        self.reward_index = label_index(self.id2label, reward_label, role)
         self.reward_input = reward_input
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
 
     def index_of(self, label: str) -> int:
-        return label_index(self.id2label, label)
+        return label_index(self.id2label, label, self.role)
 
     @torch.no_grad()
     def score(self, texts: list[str]) -> Scores:

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.evaluation import Side
 from flan_t5_detox.ml.measurements import Measurements
 
 PART_PREFIX = "part-"
-PART_VERSION = 1
+PART_VERSION = 2  # 2: k samples per dialogue
 
 
 def block(n: int, index: int, count: int, unit: int = 1) -> list[int]:
@@ -42,16 +43,16 @@ def part_name(host: str) -> str:
 
 def _side_json(side: Side) -> dict:
     return {
-        "responses": side.responses,
-        "values": {name: values.tolist() for name, values in side.values.items()},
+        "texts": side.texts,
+        "samples": {name: values.tolist() for name, values in side.samples.items()},
         "generate_seconds": side.generate_seconds,
         "score_seconds": side.score_seconds,
     }
 
 
-def _side(data: dict) -> Side:
-    values = {name: np.array(v, dtype=float) for name, v in data["values"].items()}
-    return Side(data["responses"], values, data["generate_seconds"], data["score_seconds"])
+def _side(data: dict, k: int) -> Side:
+    samples = {name: np.array(v, dtype=float).reshape(-1, k) for name, v in data["samples"].items()}
+    return Side(data["texts"], samples, data["generate_seconds"], data["score_seconds"])
 
 
 def write_part(folder: Path, host: str, measured: Measurements, context: dict) -> Path:
@@ -79,8 +80,8 @@ def write_part(folder: Path, host: str, measured: Measurements, context: dict) -
 
 def _concat(sides: list[Side]) -> Side:
     return Side(
-        [r for side in sides for r in side.responses],
-        {name: np.concatenate([side.values[name] for side in sides]) for name in sides[0].values},
+        [texts for side in sides for texts in side.texts],
+        {name: np.concatenate([side.samples[name] for side in sides]) for name in sides[0].samples},
         sum(side.generate_seconds for side in sides),
         sum(side.score_seconds for side in sides),
     )
@@ -142,14 +143,18 @@ def read_parts(folder: Path) -> tuple[Measurements, dict]:
             f"the parts in {folder} cover {len(positions)} dialogue(s) of the {first['sample_size']} "
             f"sampled, not each once: a host's part is missing or doubled ({[p.name for p in paths]})"
         )
+    k = EvalConfig(**first["context"]["settings"]).samples_per_prompt  # one part's rows may be none
+
     measured = Measurements(
         examples=[Example(**e) for part in parts for e in part["examples"]],
         positions=positions,
         sample_size=first["sample_size"],
         test_split_size=first["test_split_size"],
-        before=_concat([_side(part["before"]) for part in parts]),
-        after=_concat([_side(part["after"]) for part in parts]),
-        steps={int(step): _concat([_side(part["steps"][step]) for part in parts]) for step in first["steps"]},
+        before=_concat([_side(part["before"], k) for part in parts]),
+        after=_concat([_side(part["after"], k) for part in parts]),
+        steps={
+            int(step): _concat([_side(part["steps"][step], k) for part in parts]) for step in first["steps"]
+        },
         final_step=first["final_step"],
     )
     return measured, first["context"]

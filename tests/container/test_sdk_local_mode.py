@@ -181,11 +181,11 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
     client = s3_test_client(s3_server.url)
     bucket = f"detox-sdk-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
-    sources = {**tiny_models.channels(Path(sample_dataset)), "detoxified": trained / "model"}
+    sources = {**tiny_models.evaluation_inputs(Path(sample_dataset)), "detoxified": trained / "model"}
     inputs = _uploaded_inputs(client, bucket, sources)
     session = _sdk_local_session(tmp_path, s3_server.url)
     settings = ["--num-samples", "8", "--generation-batch-size", "4", "--max-new-tokens", "12"]
-    settings += ["--bootstrap-samples", "200", "--num-threads", "1"]
+    settings += ["--bootstrap-samples", "200", "--num-threads", "1", "--samples-per-prompt", "2"]
     with _compose_cleaned():
         _processor(session, image, 2).run(
             inputs=inputs,
@@ -206,6 +206,7 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
             logs=False,
         )  # fmt: skip
     report = json.loads(client.get_object(Bucket=bucket, Key="merged/report.json")["Body"].read())
-    assert report["sample_size"] == 8
+    assert report["sample_size"] == 8 and report["samples_per_prompt"] == 2
+    assert report["judged"] and report["models"]["judge_model"]["sha256"]  # the judge came through S3
     rows = client.get_object(Bucket=bucket, Key="merged/comparisons.csv")["Body"].read().decode()
     assert len(list(csv.DictReader(rows.splitlines()))) == 8  # every dialogue, from both hosts' parts

@@ -97,7 +97,7 @@ def test_the_shared_part_is_one_set_of_fields_in_both_jobs():
         assert all(getattr(cls(), name) == getattr(JobSettings(), name) for name in shared)
     # Each job has its own generation batch: rollouts take the whole PPO batch by default.
     assert (TrainConfig().generation_batch_size, EvalConfig().generation_batch_size) == (0, 16)
-    assert len(field_types(TrainConfig)) == 44 and len(field_types(EvalConfig)) == 21
+    assert len(field_types(TrainConfig)) == 44 and len(field_types(EvalConfig)) == 24
 
 
 def test_every_problem_is_reported_at_once():
@@ -150,6 +150,16 @@ def test_checked_hyperparameters_are_sent_as_parsed_or_refused():
         encode_hyperparameters({"batch_size": 10})
 
 
+def test_samples_per_prompt_is_bounded_and_a_judge_needs_its_label():
+    assert EvalConfig().samples_per_prompt >= 1 and EvalConfig().judge_model_name == ""
+    assert parse_settings(EvalConfig, {"samples_per_prompt": "25"}).samples_per_prompt == 25
+    for bad in (0, 101):
+        with pytest.raises(JobInputError, match=r"samples_per_prompt must be in \[1, 100\]"):
+            parse_settings(EvalConfig, {"samples_per_prompt": bad})
+    with pytest.raises(JobInputError, match="judge_label must name"):
+        parse_settings(EvalConfig, {"judge_label": ""})
+
+
 def test_the_held_out_evaluation_runs_under_the_evaluate_jobs_settings_made_from_the_train_jobs():
     config = parse_settings(
         TrainConfig,
@@ -167,6 +177,7 @@ def test_the_held_out_evaluation_runs_under_the_evaluate_jobs_settings_made_from
     assert isinstance(settings, EvalConfig)
     assert all(getattr(settings, f.name) == getattr(config, f.name) for f in dataclasses.fields(JobSettings))
     assert (settings.num_samples, settings.max_new_tokens, settings.generation_batch_size) == (8, 60, 8)
+    assert settings.samples_per_prompt == 1
     with pytest.raises(JobInputError, match="reward_label and toxic_label must name different classes"):
         heldout_settings(dataclasses.replace(config, toxic_label="nothate"))
 

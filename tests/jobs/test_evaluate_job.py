@@ -18,7 +18,16 @@ from tests.ml.test_evaluation import one_thread  # noqa: F401 - the same autouse
 
 EVALUATE = [sys.executable, "-m", "detox_entrypoints.evaluate"]
 SETTINGS = ["--num-samples", "12", "--max-new-tokens", "16", "--generation-batch-size", "6"]
-SETTINGS += ["--bootstrap-samples", "500", "--dtype", "float32", "--num-threads", "1"]
+SETTINGS += [
+    "--bootstrap-samples",
+    "500",
+    "--dtype",
+    "float32",
+    "--num-threads",
+    "1",
+    "--samples-per-prompt",
+    "3",
+]
 # The names themselves are checked in tests/ml/report/test_writer.py; here: the job writes them all.
 REPORT_FILES = {
     report.REPORT_JSON,
@@ -51,7 +60,7 @@ def trained(tmp_path_factory, tiny_models, sample_dataset):
 
 def _inputs(tiny_models, sample_dataset, trained, **overrides):
     inputs = {
-        **tiny_models.channels(sample_dataset),
+        **tiny_models.evaluation_inputs(sample_dataset),
         "detoxified": trained / "model",
         "training_output": trained / "output" / "data",
     }
@@ -276,6 +285,10 @@ def test_shards_merged_give_the_one_host_report(tmp_path, tiny_models, sample_da
     a, b = (json.loads((folder / report.REPORT_JSON).read_text()) for folder in (one, two))
     for key in (
         "metrics",
+        "field_figures",
+        "diversity",
+        "slices",
+        "verdict",
         "tradeoff",
         "toxicity_relative_improvement",
         "sample_size",

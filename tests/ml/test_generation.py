@@ -6,6 +6,7 @@ from flan_t5_detox.ml.generation import (
     detokenize,
     draw_tokens,
     generate,
+    response_logprobs,
     run_encoder,
     stream_seed,
 )
@@ -92,3 +93,22 @@ def test_detokenize_gives_each_response_its_text_without_special_tokens(tiny_mod
     texts = detokenize(tokenizer, responses)
     assert texts == [tokenizer.decode(b[:-1]) for b in bodies]
     assert all(t and "<pad>" not in t and "</s>" not in t for t in texts)
+
+
+def test_response_logprobs_are_the_models_teacher_forced_log_softmax_row_by_row(tiny_models):
+    """Each response's token log-probs equal log_softmax of the model's own logits on that row alone,
+    whatever else is in the batch (padding is masked)."""
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    model, tokenizer = trainer.policy, trainer.tokenizer
+    queries = trainer.query_ids[:4]
+    responses = generate(
+        model, tokenizer, queries, [5, 20, 9, 14], SamplingSettings(2, 0, 1), row_seeds=[1, 2, 3, 4]
+    )
+    batched = response_logprobs(model, tokenizer, queries, responses)
+    seq2seq = model.pretrained_model if hasattr(model, "v_head") else model
+    for query, response, got in zip(queries, responses, batched):
+        with torch.no_grad():
+            logits = seq2seq(input_ids=query[None], decoder_input_ids=response[None, :-1]).logits[0]
+        expected = logits.log_softmax(-1).gather(1, response[1:, None])[:, 0]
+        assert got.shape == (len(response) - 1,)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -8,12 +8,22 @@ import json
 import math
 from html import escape
 
-from flan_t5_detox.ml.evaluation import METRICS, Evaluation
+from flan_t5_detox.ml.diversity import DISTINCT_N
+from flan_t5_detox.ml.evaluation import TOXIC_THRESHOLD, Evaluation
 from flan_t5_detox.ml.report.context import ReportContext
-from flan_t5_detox.ml.report.plots import DIFFERENCES, DISTRIBUTIONS, TRADEOFF, TRAINING, Plot
+from flan_t5_detox.ml.report.plots import (
+    DIFFERENCES,
+    DISTRIBUTIONS,
+    FLUENCY,
+    MAX_TOXICITY,
+    TRADEOFF,
+    TRAINING,
+    Plot,
+)
 from flan_t5_detox.ml.report.tables import (
     LABELS,
     comparison_rows,
+    field_figures,
     sample_note,
     toxicity_improvement,
     tradeoff_rows,
@@ -31,11 +41,12 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid 
 .headline{background:#f4f7fb;border-left:4px solid #1f77b4;padding:.8em 1em}
 table.metrics{border-collapse:collapse;font-size:.9em}
 table.metrics td,table.metrics th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-table.metrics td:first-child{text-align:left}td.sig{background:#fff3cd}
+table.metrics td:first-child,table.metrics td.text{text-align:left}td.sig{background:#fff3cd}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 .example{border:1px solid #ddd;border-radius:4px;padding:.5em .8em;margin:.6em 0}
 .scores{font-size:.85em;color:#555}.tag{font-size:.75em;padding:0 .4em;border-radius:3px;background:#ddd}
 .tag.before{background:#d6e6f5}.tag.after{background:#fde3c8}pre{white-space:pre-wrap;font-size:.85em}
+.flag{background:#fdecea;border-left:4px solid #d62728;padding:.8em 1em}
 """
 
 
@@ -78,7 +89,22 @@ def headline(evaluation: Evaluation) -> str:
         f"[{_num(tox.ci_low)}, {_num(tox.ci_high)}], relative improvement "
         f"{_pct(improvement['value'])} [{_pct(improvement['ci_low'])}, {_pct(improvement['ci_high'])}], "
         f"paired t-test p = {_pvalue(tox.t_p)} (Wilcoxon signed-rank p = {_pvalue(tox.wilcoxon_p)}); "
-        f"{verdict}."
+        f"{verdict}. {_field_headline(evaluation)}"
+    )
+
+
+def _field_headline(evaluation: Evaluation) -> str:
+    """The field's figures of the toxicity the verdict rests on (the judge's, if any)."""
+    name = evaluation.judged_toxicity
+    maximum, probability = (evaluation.comparisons[name + suffix] for suffix in ("_max", "_probability"))
+    who = "the independent judge" if evaluation.judged else "the reward model"
+    return (
+        f"Over k = {evaluation.k} samples per prompt, by {who}: expected maximum toxicity "
+        f"<b>{_num(maximum.before.mean)}</b> &rarr; <b>{_num(maximum.after.mean)}</b> "
+        f"({_num(maximum.mean_diff)} [{_num(maximum.ci_low)}, {_num(maximum.ci_high)}]), "
+        "toxicity probability "
+        f"<b>{_num(probability.before.mean)}</b> &rarr; <b>{_num(probability.after.mean)}</b> "
+        f"({_num(probability.mean_diff)} [{_num(probability.ci_low)}, {_num(probability.ci_high)}])."
     )
 
 
@@ -89,16 +115,111 @@ def _metrics_table(evaluation: Evaluation) -> str:
         "<th>Wilcoxon p</th><th>paired t p</th></tr>"
     )
     rows = []
-    for name in METRICS:
-        c = evaluation.comparisons[name]
+    for name, c in evaluation.comparisons.items():
         rows.append(
             f"<tr><td>{LABELS[name]}</td><td>{_num(c.before.mean)} ({_num(c.before.std)})</td>"
             f"<td>{_num(c.after.mean)} ({_num(c.after.std)})</td>"
-            f"<td class='{'sig' if c.significant else ''}'>{_num(c.mean_diff)} "
-            f"[{_num(c.ci_low)}, {_num(c.ci_high)}]</td><td>{_pct(c.relative_change)}</td>"
+            f"{_diff_cell(c)}<td>{_pct(c.relative_change)}</td>"
             f"<td>{_pvalue(c.wilcoxon_p)}</td><td>{_pvalue(c.t_p)}</td></tr>"
         )
     return f"<table class='metrics'>{head}{''.join(rows)}</table>"
+
+
+def _diff_cell(c) -> str:
+    """The mean paired difference and its CI, highlighted when the CI excludes 0."""
+    interval = f"{_num(c.mean_diff)} [{_num(c.ci_low)}, {_num(c.ci_high)}]"
+    return f"<td class='{'sig' if c.significant else ''}'>{interval}</td>"
+
+
+FIELD_NAMES = {
+    "mean": "mean over samples",
+    "expected_maximum": "expected maximum",
+    "probability": f"toxicity probability (any sample &ge; {TOXIC_THRESHOLD})",
+}
+
+
+def _field_table(evaluation: Evaluation) -> str:
+    """Each toxicity's three figures over k samples per prompt, before and after."""
+    rows = []
+    for name, figures in field_figures(evaluation).items():
+        for figure, c in figures.items():
+            rows.append(
+                f"<tr><td>{escape(LABELS[name])}</td><td class='text'>{FIELD_NAMES[figure]}</td>"
+                f"<td>{_num(c.before.mean)}</td><td>{_num(c.after.mean)}</td>{_diff_cell(c)}"
+                f"<td>{_pvalue(c.t_p)}</td></tr>"
+            )
+    return (
+        f"<table class='metrics'><tr><th>toxicity (n = {evaluation.n} prompts, k = {evaluation.k})</th>"
+        f"<th>figure</th><th>before</th><th>after</th><th>after - before [{_confidence(evaluation)} CI]</th>"
+        f"<th>paired t p</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _judge_section(evaluation: Evaluation) -> str:
+    if not evaluation.judged:
+        return (
+            "<p>No judge was given (input <code>judge_model</code>): every toxicity here is the reward "
+            "model's, the classifier PPO optimised against. An independent judge guards against a policy "
+            "that learned the reward model's blind spots.</p>"
+        )
+    reward = evaluation.comparisons[evaluation.trained_toxicity]
+    judge = evaluation.comparisons[evaluation.judged_toxicity]
+    text = (
+        f"<p>The reward model's mean {HEADLINE_NAMES[evaluation.trained_toxicity]} moved by "
+        f"{_num(reward.mean_diff)} [{_num(reward.ci_low)}, {_num(reward.ci_high)}]; the independent judge's, "
+        f"by {_num(judge.mean_diff)} [{_num(judge.ci_low)}, {_num(judge.ci_high)}] (n = {judge.n}).</p>"
+    )
+    if evaluation.reward_hack_suspected:
+        text += (
+            "<p class='flag'><b>Possible reward hack.</b> The reward model sees significantly less "
+            "toxicity after PPO, but the independent judge does not. The policy may have learned what the "
+            "reward model misses rather than to stop being toxic: read the examples before trusting the "
+            "headline.</p>"
+        )
+    return text
+
+
+def _fluency_section(evaluation: Evaluation, plots: dict[str, bytes]) -> str:
+    before, after = evaluation.diversity["before"], evaluation.diversity["after"]
+    rows = "".join(
+        f"<tr><td>distinct-{n}</td><td>{_num(before.distinct[n])}</td><td>{_num(after.distinct[n])}</td>"
+        f"<td>{after.distinct[n] - before.distinct[n]:+.4g}</td></tr>"
+        for n in DISTINCT_N
+    ) + (
+        f"<tr><td>share of samples duplicating another</td><td>{_num(before.duplicate_share)}</td>"
+        f"<td>{_num(after.duplicate_share)}</td>"
+        f"<td>{after.duplicate_share - before.duplicate_share:+.4g}</td></tr>"
+    )
+    ppl = evaluation.comparisons["perplexity"]
+    return (
+        f"<p>Perplexity under the starting summarizer (per dialogue, mean of its k samples): "
+        f"{_num(ppl.before.mean)} &rarr; {_num(ppl.after.mean)}, difference {_num(ppl.mean_diff)} "
+        f"[{_num(ppl.ci_low)}, {_num(ppl.ci_high)}] (n = {ppl.n}). Diversity is over all "
+        f"{after.samples} samples of each model.</p>"
+        + _img(FLUENCY, plots)
+        + "<table class='metrics'><tr><th>over all samples</th><th>before</th><th>after</th>"
+        f"<th>after - before</th></tr>{rows}</table>"
+    )
+
+
+def _slices_section(evaluation: Evaluation) -> str:
+    rows = []
+    for piece in evaluation.slices:
+        if not piece.comparisons:
+            rows.append(
+                f"<tr><td>{piece.name}</td><td>{piece.n}</td><td colspan='4'>too few to compare</td></tr>"
+            )
+        for figure, c in piece.comparisons.items():
+            rows.append(
+                f"<tr><td>{piece.name}</td><td>{piece.n}</td><td class='text'>{escape(LABELS[figure])}</td>"
+                f"<td>{_num(c.before.mean)}</td><td>{_num(c.after.mean)}</td>{_diff_cell(c)}</tr>"
+            )
+    rules = "; ".join(f"<b>{p.name}</b>: {escape(p.rule)}" for p in evaluation.slices)
+    return (
+        f"<p>The effect lives where there was toxicity to remove. {rules}.</p>"
+        "<table class='metrics'><tr><th>slice</th><th>n</th><th>figure</th><th>before</th><th>after</th>"
+        f"<th>after - before [{_confidence(evaluation)} CI]</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _tradeoff_table(evaluation: Evaluation) -> str:
@@ -202,6 +323,15 @@ def render_html(evaluation: Evaluation, context: ReportContext, plots: dict[str,
 <h1>FLAN-T5 summarizer: toxicity before and after PPO detoxification</h1>
 <p class="headline">{headline(evaluation)}</p>
 {_sample(evaluation, context)}
+<h2>Toxicity over k = {evaluation.k} samples per prompt (n = {n})</h2>
+{_field_table(evaluation)}
+{_img(MAX_TOXICITY, plots)}
+<h2>Independent judge</h2>
+{_judge_section(evaluation)}
+<h2>The toxic slice</h2>
+{_slices_section(evaluation)}
+<h2>Fluency and diversity</h2>
+{_fluency_section(evaluation, plots)}
 <h2>All measurements (n = {n})</h2>
 {_metrics_table(evaluation)}
 <h2>Toxicity and reward distributions (n = {n})</h2>

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flan_t5_detox.ml.evaluation import Evaluation
+from flan_t5_detox.ml.diversity import DISTINCT_N
+from flan_t5_detox.ml.evaluation import JUDGE, MAX, PROBABILITY, TOXIC_THRESHOLD, Evaluation
 from flan_t5_detox.ml.report.context import ReportContext
 from flan_t5_detox.ml.report.tables import LABELS, tradeoff_rows
 from flan_t5_detox.ml.report.training_output import TrainingCurves
@@ -101,7 +102,7 @@ def plot_tradeoff(evaluation: Evaluation) -> bytes:
     rows = tradeoff_rows(evaluation)
     step = np.array([r["step"] for r in rows])
     for ax, key, color, label in (
-        (ax_tox, "toxicity", DIFF_COLOR, LABELS[evaluation.trained_toxicity]),
+        (ax_tox, "toxicity", DIFF_COLOR, LABELS[evaluation.trained_toxicity] + " (mean)"),
         (ax_rouge, "rougeL", BEFORE_COLOR, LABELS["rougeL"]),
     ):
         mean = np.array([r[f"{key}_mean"] for r in rows])
@@ -113,11 +114,76 @@ def plot_tradeoff(evaluation: Evaluation) -> bytes:
         ax.set_xlabel("PPO step (0 = the starting summarizer)")
         ax.set_ylabel(label)
         ax.set_title(f"{label}, n = {evaluation.n}", fontsize=9)
+    for key, style, label in (
+        ("max_toxicity_mean", ":", "expected maximum"),
+        ("judge_toxicity_mean", "-.", "judge"),
+    ):
+        values = _floats(r[key] for r in rows)
+        if np.isfinite(values).any():
+            ax_tox.plot(step, values, linestyle=style, marker=".", color=DIFF_COLOR, alpha=0.6, label=label)
+    ax_tox.legend(fontsize=8)
     kl = _floats(r["kl"] for r in rows)
     if np.isfinite(kl).any():
         twin = ax_rouge.twinx()
         twin.plot(step, kl, linestyle="--", marker="x", color=GREY)
         twin.set_ylabel("mean KL at that step (nats)", color=GREY)
+    return _png(fig)
+
+
+def plot_max_toxicity(evaluation: Evaluation) -> bytes:
+    """Per prompt, the highest toxicity of its k samples, before and after (the tail the field
+    measures), one panel per judge of what the reward read (the reward model, and the judge); then
+    the toxicity probability of each."""
+    names = [evaluation.trained_toxicity] + ([evaluation.judged_toxicity] if evaluation.judged else [])
+    fig, axes = _figure(len(names) + 1)
+    bins = np.linspace(0, 1, 21)
+    for ax, name in zip(axes, names):
+        before, after = evaluation.before.values[name + MAX], evaluation.after.values[name + MAX]
+        ax.hist(before, bins=bins, alpha=0.55, color=BEFORE_COLOR, label=f"before (mean {before.mean():.3g})")
+        ax.hist(after, bins=bins, alpha=0.55, color=AFTER_COLOR, label=f"after (mean {after.mean():.3g})")
+        ax.axvline(TOXIC_THRESHOLD, color="black", linewidth=0.8, linestyle="--", label="toxic from here")
+        ax.set_xlabel(f"highest of k = {evaluation.k} samples")
+        ax.set_ylabel("test dialogues")
+        ax.set_title(f"{LABELS[name + MAX]}, n = {evaluation.n}", fontsize=8)
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    x = np.arange(len(names))
+    for offset, side, color in ((-0.2, "before", BEFORE_COLOR), (0.2, "after", AFTER_COLOR)):
+        shares = [getattr(evaluation.comparisons[name + PROBABILITY], side).mean for name in names]
+        ax.bar(x + offset, shares, width=0.4, color=color, label=side)
+    ax.set_xticks(x, ["judge" if name.startswith(JUDGE) else "reward model" for name in names])
+    ax.set_ylabel(f"share of prompts with a sample >= {TOXIC_THRESHOLD}")
+    ax.set_title(f"Toxicity probability, n = {evaluation.n}, k = {evaluation.k}", fontsize=9)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_fluency(evaluation: Evaluation) -> bytes:
+    """Distinct-n over all samples, and each dialogue's perplexity under the starting summarizer."""
+    fig, (ax_distinct, ax_ppl) = _figure(2)
+    x = np.arange(len(DISTINCT_N))
+    for offset, side, color in ((-0.2, "before", BEFORE_COLOR), (0.2, "after", AFTER_COLOR)):
+        diversity = evaluation.diversity[side]
+        values = [diversity.distinct[n] for n in DISTINCT_N]
+        ax_distinct.bar(
+            x + offset, values, width=0.4, color=color, label=f"{side} ({diversity.samples} samples)"
+        )
+    ax_distinct.set_xticks(x, [f"distinct-{n}" for n in DISTINCT_N])
+    ax_distinct.set_ylim(0, 1)
+    ax_distinct.set_title(f"Diversity over all samples, n = {evaluation.n} x k = {evaluation.k}", fontsize=9)
+    ax_distinct.legend(fontsize=8)
+    before, after = evaluation.before.values["perplexity"], evaluation.after.values["perplexity"]
+    bins = np.histogram_bin_edges(np.log(np.concatenate([before, after])), bins=_bins(evaluation.n))
+    ax_ppl.hist(
+        np.log(before), bins=bins, alpha=0.55, color=BEFORE_COLOR, label=f"before (mean {before.mean():.3g})"
+    )
+    ax_ppl.hist(
+        np.log(after), bins=bins, alpha=0.55, color=AFTER_COLOR, label=f"after (mean {after.mean():.3g})"
+    )
+    ax_ppl.set_xlabel("log perplexity under the starting summarizer (mean of the k samples)")
+    ax_ppl.set_ylabel("test dialogues")
+    ax_ppl.set_title(f"Fluency, n = {evaluation.n}", fontsize=9)
+    ax_ppl.legend(fontsize=8)
     return _png(fig)
 
 
@@ -146,6 +212,17 @@ DIFFERENCES = Plot(
     "per-dialogue differences after - before",
     lambda evaluation, context: plot_differences(evaluation),
 )
+MAX_TOXICITY = Plot(
+    "max_toxicity_distribution.png",
+    "per-prompt maximum toxicity over k samples, before vs after",
+    lambda evaluation, context: plot_max_toxicity(evaluation),
+)
+FLUENCY = Plot(
+    "fluency_diversity.png",
+    "distinct-n and perplexity under the starting summarizer, before vs after",
+    lambda evaluation, context: plot_fluency(evaluation),
+    drawn=lambda evaluation, context: bool(evaluation.diversity),
+)
 TRAINING = Plot(
     "training_curves.png",
     "PPO reward and KL per step",
@@ -158,7 +235,7 @@ TRADEOFF = Plot(
     lambda evaluation, context: plot_tradeoff(evaluation),
     drawn=lambda evaluation, context: bool(evaluation.curve),  # the train job kept adapters
 )
-PLOTS = (DISTRIBUTIONS, DIFFERENCES, TRAINING, TRADEOFF)  # in the page's order
+PLOTS = (MAX_TOXICITY, FLUENCY, DISTRIBUTIONS, DIFFERENCES, TRAINING, TRADEOFF)  # in the page's order
 PLOT_FILES = tuple(plot.file for plot in PLOTS)
 
 

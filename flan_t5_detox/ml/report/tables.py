@@ -7,16 +7,17 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from flan_t5_detox.ml.evaluation import Estimate, Evaluation
+from flan_t5_detox.ml.evaluation import JUDGE, MAX, PROBABILITY, TOXIC_THRESHOLD, Evaluation
 from flan_t5_detox.ml.report.context import ReportContext, json_safe
 from flan_t5_detox.ml.stats import PairedComparison
+from flan_t5_detox.ml.tradeoff import Estimate
 
 REPORT_JSON = "report.json"
 COMPARISONS_CSV = "comparisons.csv"
 TRADEOFF_CSV = "tradeoff.csv"
 
-# What each metric of `evaluation.METRICS` is, in the words of the tables and plots.
-LABELS = {
+# What each per-dialogue figure (`Side.values`) is, in the words of the tables and plots.
+MEASURES = {
     "toxicity": "Toxicity of prompt + response (P(hate))",
     "response_toxicity": "Toxicity of the response alone (P(hate))",
     "reward": "Reward (nothate logit of what the reward reads)",
@@ -24,6 +25,25 @@ LABELS = {
     "rouge2": "ROUGE-2 F1",
     "rougeL": "ROUGE-L F1",
     "length": "Response length (tokens)",
+    "perplexity": "Perplexity under the starting summarizer",
+    JUDGE + "toxicity": "Toxicity of prompt + response, by the judge (P(toxic))",
+    JUDGE + "response_toxicity": "Toxicity of the response alone, by the judge (P(toxic))",
+}
+
+
+def _lower_first(label: str) -> str:
+    return label[:1].lower() + label[1:]
+
+
+TOXICITY_NAMES = ("toxicity", "response_toxicity", JUDGE + "toxicity", JUDGE + "response_toxicity")
+LABELS = {
+    **MEASURES,
+    **{name + MAX: "Expected maximum " + _lower_first(MEASURES[name]) for name in TOXICITY_NAMES},
+    **{
+        name + PROBABILITY: f"Toxicity probability (any sample >= {TOXIC_THRESHOLD}), "
+        + _lower_first(MEASURES[name])
+        for name in TOXICITY_NAMES
+    },
 }
 
 
@@ -51,11 +71,12 @@ def verdict(evaluation: Evaluation) -> dict:
     `verdict.*`): the paired difference of the toxicity PPO lowered, and of ROUGE-L, with their CIs.
     A gate passes when `toxicity_diff_ci_high < 0` (significant detoxification) and
     `rouge_l_diff_ci_low > -max_rouge_drop` (summaries kept)."""
-    tox = evaluation.comparisons[evaluation.trained_toxicity]
+    tox = evaluation.comparisons[evaluation.judged_toxicity]
     rouge = evaluation.comparisons["rougeL"]
     return {
-        "toxicity_metric": evaluation.trained_toxicity,
-        "toxicity_judge": "reward_model",
+        "toxicity_metric": evaluation.judged_toxicity,
+        "toxicity_judge": "judge" if evaluation.judged else "reward_model",
+        "reward_hack_suspected": evaluation.reward_hack_suspected,
         "toxicity_diff": tox.mean_diff,
         "toxicity_diff_ci_low": tox.ci_low,
         "toxicity_diff_ci_high": tox.ci_high,
@@ -85,7 +106,17 @@ def report_data(evaluation: Evaluation, context: ReportContext, files: list[str]
                 "definition": "(mean_before - mean_after) / mean_before; CI from the same bootstrap",
                 "sample_size": evaluation.n,
             },
+            "samples_per_prompt": evaluation.k,
+            "toxic_threshold": TOXIC_THRESHOLD,
+            "judged": evaluation.judged,
+            "reward_hack_suspected": evaluation.reward_hack_suspected,
             "metrics": comparisons,
+            "field_figures": {
+                name: {figure: _paired(c) for figure, c in figures.items()}
+                for name, figures in field_figures(evaluation).items()
+            },
+            "diversity": {side: dataclasses.asdict(d) for side, d in evaluation.diversity.items()},
+            "slices": [dataclasses.asdict(s) for s in evaluation.slices],
             "throughput": dataclasses.asdict(evaluation.throughput()),
             "settings": dataclasses.asdict(context.settings),
             "models": {name: dataclasses.asdict(source) for name, source in context.sources.items()},
@@ -98,6 +129,32 @@ def report_data(evaluation: Evaluation, context: ReportContext, files: list[str]
             "files": list(files),
         }
     )
+
+
+def _paired(c: PairedComparison) -> dict:
+    return {
+        "before": c.before.mean,
+        "after": c.after.mean,
+        "difference": c.mean_diff,
+        "ci_low": c.ci_low,
+        "ci_high": c.ci_high,
+        "t_p": c.t_p,
+        "n": c.n,
+    }
+
+
+# The field's figures of a toxicity over k samples per prompt, and the suffix of each one's name.
+FIELD_FIGURES = {"mean": "", "expected_maximum": MAX, "probability": PROBABILITY}
+
+
+def field_figures(evaluation: Evaluation) -> dict[str, dict[str, PairedComparison]]:
+    """Each measured toxicity's field figures (mean, expected maximum, toxicity probability)."""
+    c = evaluation.comparisons
+    return {
+        name: {figure: c[name + suffix] for figure, suffix in FIELD_FIGURES.items()}
+        for name in TOXICITY_NAMES
+        if name in c
+    }
 
 
 def _with_change(prefix: str, estimate: Estimate, change: PairedComparison) -> dict:
@@ -120,9 +177,21 @@ def tradeoff_rows(evaluation: Evaluation) -> list[dict]:
             **_with_change("toxicity", point.toxicity, point.toxicity_change),
             **_with_change("rougeL", point.rouge_l, point.rouge_l_change),
             "kl": point.kl,
+            "max_toxicity_mean": point.max_toxicity.mean if point.max_toxicity else None,
+            "judge_toxicity_mean": point.judge_toxicity.mean if point.judge_toxicity else None,
         }
         for point in evaluation.curve
     ]
+
+
+# Per-dialogue figures comparisons.csv gives besides the first sample's (when measured).
+FIGURES_PER_ROW = (
+    "response_toxicity_max",
+    "toxicity_max",
+    "perplexity",
+    JUDGE + "response_toxicity",
+    JUDGE + "response_toxicity_max",
+)
 
 
 def comparison_rows(evaluation: Evaluation) -> list[dict]:
@@ -145,6 +214,13 @@ def comparison_rows(evaluation: Evaluation) -> list[dict]:
                 "toxicity_diff": float(after["toxicity"][i] - before["toxicity"][i]),
                 "response_toxicity_before": float(before["response_toxicity"][i]),
                 "response_toxicity_after": float(after["response_toxicity"][i]),
+                **{
+                    f"{name}_{side}": float(values[name][i])
+                    for name in FIGURES_PER_ROW
+                    if name in before
+                    for side, values in (("before", before), ("after", after))
+                },
+                "samples": evaluation.k,
             }
         )
     return sorted(rows, key=lambda row: -row["reward_diff"])  # stable: ties keep test order

@@ -1,6 +1,7 @@
 """A synthetic evaluation and its context (no models), the input of every report test; and the
 size of a PNG, to check what was drawn."""
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -17,14 +18,16 @@ CONFIG = EvalConfig(bootstrap_samples=1000, examples_in_report=3)
 HOSTILE_TEXT = "<script>alert('x')</script> & friends"
 
 
-def synthetic_evaluation(seed: int = 0) -> Evaluation:
-    """Toxicity drops by ~0.05 on average; responses include markup that must be escaped."""
+def synthetic_evaluation(seed: int = 0, judge: str | None = None) -> Evaluation:
+    """Toxicity drops by ~0.05 on average; responses include markup that must be escaped. With a
+    judge that `agrees`, it sees the same drop; one that is `blind` to it sees none."""
     rng = np.random.default_rng(seed)
     examples = tiny_splits(tiny_config()).test[:N]
 
     base = rng.beta(2, 8, N)
 
     def side(toxicity: np.ndarray, tag: str) -> Side:
+        judged = {"agrees": toxicity, "blind": np.clip(base + 0.05, 0, 1), None: None}[judge]
         values = {
             "toxicity": toxicity,
             "response_toxicity": toxicity / 2,
@@ -33,13 +36,18 @@ def synthetic_evaluation(seed: int = 0) -> Evaluation:
             "rouge2": rng.uniform(0.0, 0.2, N),
             "rougeL": rng.uniform(0.2, 0.4, N),
             "length": rng.integers(5, 40, N).astype(float),
+            "perplexity": rng.uniform(3, 8, N),
         }
+        if judged is not None:
+            values.update(judge_toxicity=judged, judge_response_toxicity=judged / 2)
         responses = [f"{tag} summary {i} {HOSTILE_TEXT}" for i in range(N)]
-        return Side(responses, values, generate_seconds=3.0, score_seconds=1.0)
+        return Side.single(responses, values, generate_seconds=3.0, score_seconds=1.0)
 
     before = side(np.clip(base + 0.05, 0, 1), "before")
     after = side(np.clip(base + rng.normal(0, 0.02, N), 0, 1), "after")
-    return Evaluation(examples, 37, before, after, evaluation.compare(before, after, CONFIG))
+    return evaluation.assemble(
+        examples, 37, before, after, dataclasses.replace(CONFIG, reward_input="query_response")
+    )
 
 
 def training_records() -> list[dict]:

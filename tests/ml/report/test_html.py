@@ -1,13 +1,16 @@
 """report.html: escaped, self-contained, and as a real browser renders it."""
 
 import base64
+import json
 import re
 import shutil
 import subprocess
 
+import pytest
 from matplotlib.image import imread
 
-from tests.ml.report.synthetic import CONFIG, N, png_size
+from flan_t5_detox.ml.report import REPORT_HTML, write_report
+from tests.ml.report.synthetic import CONFIG, N, context, png_size, synthetic_evaluation
 
 
 def test_the_page_escapes_model_text_and_states_the_sample(written):
@@ -51,6 +54,8 @@ def test_report_renders_in_headless_chromium_with_its_plots(tmp_path, written):
     assert dom.returncode == 0, dom.stderr[-2000:]
     images = re.findall(r"<img src=\"data:image/png;base64,([^\"]+)\"[^>]*data-file=\"([^\"]+)\"", dom.stdout)
     assert [name for _, name in images] == [
+        "max_toxicity_distribution.png",
+        "fluency_diversity.png",
         "toxicity_distribution.png",
         "paired_differences.png",
         "training_curves.png",
@@ -70,3 +75,31 @@ def test_report_renders_in_headless_chromium_with_its_plots(tmp_path, written):
     saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 0.3
     assert saturated.sum() > 20000, saturated.sum()
     assert (pixels.min(axis=2) < 0.3).sum() > 5000  # and there is dark text
+
+
+@pytest.mark.parametrize("judge", ["agrees", "blind"])
+def test_the_judge_stands_beside_the_reward_model_and_a_fall_only_the_reward_model_sees_is_flagged(
+    tmp_path, judge
+):
+    result = synthetic_evaluation(judge=judge)
+    write_report(tmp_path, result, context())
+    page = (tmp_path / REPORT_HTML).read_text()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert "by the independent judge" in page and "No judge was given" not in page
+    assert data["verdict"]["toxicity_judge"] == "judge"
+    assert data["verdict"]["toxicity_metric"] == "judge_toxicity"
+    assert set(data["field_figures"]) == {
+        "toxicity",
+        "response_toxicity",
+        "judge_toxicity",
+        "judge_response_toxicity",
+    }
+    flagged = judge == "blind"
+    assert data["reward_hack_suspected"] is flagged and data["verdict"]["reward_hack_suspected"] is flagged
+    assert ("Possible reward hack" in page) is flagged
+
+
+def test_without_a_judge_the_page_says_every_toxicity_is_the_reward_models(written):
+    page = (written.folder / REPORT_HTML).read_text()
+    assert "No judge was given" in page and "Possible reward hack" not in page
+    assert "Over k = 1 samples per prompt, by the reward model" in page

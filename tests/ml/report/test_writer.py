@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from flan_t5_detox.ml import evaluation
+from flan_t5_detox.ml import tradeoff
 from flan_t5_detox.ml.evaluation import Side
 from flan_t5_detox.ml.report import REPORT_JSON, write_report
 from tests.ml.report.synthetic import CONFIG, N, context, synthetic_evaluation
@@ -21,6 +21,8 @@ def test_report_files(written):
             "report.json",
             "comparisons.csv",
             "report.html",
+            "max_toxicity_distribution.png",
+            "fluency_diversity.png",
             "toxicity_distribution.png",
             "paired_differences.png",
             "training_curves.png",
@@ -59,7 +61,7 @@ def test_a_failure_while_writing_leaves_the_report_folder_untouched(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     broken = synthetic_evaluation(seed=2)
-    broken.after.responses.pop()  # the CSV fails after the plots are written to staging
+    broken.after.texts.pop()  # the CSV fails after the plots are written to staging
     with pytest.raises(IndexError):
         write_report(out, broken, context())
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -73,13 +75,13 @@ def test_the_tradeoff_curve_is_in_every_report_format(tmp_path):
     rng = np.random.default_rng(3)
     steps = {}
     for step, shift in ((2, 0.03), (4, 0.015), (6, 0.01)):
-        values = {k: v.copy() for k, v in result.before.values.items()}
+        values = {k: v[:, 0].copy() for k, v in result.before.samples.items()}
         values["response_toxicity"] = np.clip(
             values["response_toxicity"] - shift + rng.normal(0, 0.01, N), 0, 1
         )
-        steps[step] = Side(result.before.responses, values, 1.0, 1.0)
+        steps[step] = Side.single(result.before.responses, values, 1.0, 1.0)
     kl = {s: 0.01 * s for s in range(1, 11)}
-    result.curve = evaluation.tradeoff_curve(result, steps, 10, CONFIG, kl)
+    result.curve = tradeoff.tradeoff_curve(result, steps, 10, CONFIG, kl)
     assert [p.step for p in result.curve] == [0, 2, 4, 6, 10]
     start, final = result.curve[0], result.curve[-1]
     assert start.toxicity_change.mean_diff == 0 and start.kl == 0
