@@ -3,8 +3,9 @@ under `output/tensorboard/` (SageMaker's TensorBoardOutputConfig syncs that fold
 the job runs; `tensorboard --logdir` reads it locally). Rank 0 alone writes them.
 
 Tags group the figures: `ppo/<name>` for the step's PPO figures, `heldout/<name>` for the held-out
-evaluation, `time/<phase>` for the timings. A resumed run first marks where it restarts
-(TensorBoard's purge step), so the steps it redoes replace the old run's instead of doubling them.
+evaluation, `time/<phase>` for the timings. A run first marks where it starts (TensorBoard's purge
+step: after the checkpoint it resumed from, or 0), so the steps it redoes replace those of an
+earlier attempt instead of doubling them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class EventLog:
         self.folder = folder
         self.fresh = not any(folder.glob(EVENT_FILE_PATTERN))
         # purge_step: events at this step and later in older files are dropped by TensorBoard.
-        self.writer = SummaryWriter(str(folder), purge_step=resumed_at + 1 if resumed_at else None)
+        self.writer = SummaryWriter(str(folder), purge_step=resumed_at + 1 if resumed_at else 0)
 
     def write(self, record: dict) -> None:
         step = int(record["step"])
