@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 
 from flan_t5_detox.contract.environment import ProcessingJobEnvironment
 from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
+from flan_t5_detox.contract.memory import running
 from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
+from flan_t5_detox.contract.preflight import memory_settings
 from flan_t5_detox.contract.settings import EvalConfig, did_you_mean, parse_settings
 
 if TYPE_CHECKING:
@@ -100,6 +102,7 @@ class EvaluateRecipe:
 
     def setup(self) -> None:
         """The report folder, inputs and data first, so bad input fails before the models load."""
+        from flan_t5_detox.contract import preflight
         from flan_t5_detox.contract.inputs import evaluation_inputs, named_as_given
         from flan_t5_detox.contract.outputs import check_writable
         from flan_t5_detox.ml import adapters, data, evaluation, report, runtime, shards
@@ -117,6 +120,11 @@ class EvaluateRecipe:
             len(self.examples), env.host_index, len(env.hosts), config.generation_batch_size
         )
         self.machine = runtime.setup(config.dtype, config.num_threads)
+        longest = max((len(example.prompt) for example in self.examples), default=0)
+        preflight.check_evaluation(
+            config, inputs, env.output(REPORT_OUTPUT), len(self.positions),
+            len(adapters.step_adapters(inputs.after_adapter)), longest, self.machine.weight_bytes,
+        )  # fmt: skip
         self.reward_model = RewardModel(
             inputs.reward_model, config.reward_label, batch_size=config.generation_batch_size
         )
@@ -274,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         config = collect_settings(args, unknown, dict(os.environ))  # fails before any model loads
         env = ProcessingJobEnvironment.from_root(args.ml_root)
         scratch = Path(tempfile.mkdtemp(prefix="detox-evaluate-"))
+        # A marker in output/ while the job runs: a SIGKILL (out of memory) leaves it behind.
         try:
-            return evaluate(env, config, scratch)
+            with running(paths.failure.parent, memory_settings(config)):
+                return evaluate(env, config, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 from flan_t5_detox.contract.cluster import Rendezvous, rendezvous
 from flan_t5_detox.contract.environment import TrainingJobEnvironment
 from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
+from flan_t5_detox.contract.memory import running
 from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
+from flan_t5_detox.contract.preflight import memory_settings
 from flan_t5_detox.contract.settings import TrainConfig, check_resume, heldout_settings, parse_settings
 
 if TYPE_CHECKING:
@@ -85,9 +87,10 @@ class TrainRecipe:
 
     def setup(self) -> None:
         """Outputs, inputs and data first, so bad input fails before the models load."""
+        from flan_t5_detox.contract import preflight
         from flan_t5_detox.contract.inputs import training_inputs
         from flan_t5_detox.contract.outputs import check_writable
-        from flan_t5_detox.ml import adapters, data, distributed, evaluation, runtime
+        from flan_t5_detox.ml import adapters, checkpoint, data, distributed, evaluation, runtime
         from flan_t5_detox.ml.heldout import HeldOut
         from flan_t5_detox.ml.loading import load_tokenizer
         from flan_t5_detox.ml.policy import build_policy
@@ -109,6 +112,10 @@ class TrainRecipe:
         if self.heldout_config is not None:
             evaluation.select_examples(prompts.validation, 0)  # they must have reference summaries
         self.machine = runtime.setup(config.dtype, config.num_threads, config.processes_per_host)
+        longest = max(len(example.prompt) for example in prompts.train + prompts.validation)
+        preflight.check_training(
+            config, self.inputs, env, longest, self.machine.weight_bytes, checkpoint.KEEP
+        )  # before any model loads
         self.world = distributed.join(self.meeting, self.local_rank, config.collective_timeout)
         log.info(
             "rank %d/%d dtype=%s threads=%d train_prompts=%d heldout_prompts=%d",
@@ -299,10 +306,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         env = TrainingJobEnvironment.from_root(args.ml_root)
-        processes = parse_settings(TrainConfig, env.hyperparameters).processes_per_host
-        if processes > 1:
-            return spawn_ranks(args.ml_root, processes)
-        return run_rank(args.ml_root)
+        config = parse_settings(TrainConfig, env.hyperparameters)
+        # A marker in checkpoints/ while the job runs: a SIGKILL (out of memory) leaves it behind
+        # for the next start to report.
+        with running(env.checkpoint_dir, memory_settings(config)):
+            if config.processes_per_host > 1:
+                return spawn_ranks(args.ml_root, config.processes_per_host)
+            return run_rank(args.ml_root)
 
     return run_job(body, [MlPaths(args.ml_root).failure])
 

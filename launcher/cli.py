@@ -142,14 +142,26 @@ def _add_job_commands(command, waiting: argparse.ArgumentParser) -> None:
     """train, evaluate and pipeline: submit jobs to SageMaker."""
     for kind, job in (("train", "training"), ("evaluate", "processing")):
         p = command(kind, f"submit the {kind} job as a SageMaker {job} job", _job_parent(kind, True), waiting)
-        _add(p, ("wait",))
+        _add(p, ("wait", "keep_alive") if kind == "train" else ("wait",))
     p = command(
         "pipeline",
-        "train, wait, evaluate the trained model, wait, then fetch the report",
+        "train, wait, evaluate the trained model, wait, then fetch the report; or, with --native, "
+        "define and start a SageMaker Pipeline doing the same, with a quality gate and the Model Registry",
         _job_parent("train", True),
         waiting,
     )
     _tables(p, "--eval")
+    _add(p, ("judge_model", "keep_alive"))
+    native = p.add_argument_group("native SageMaker Pipeline")
+    native.add_argument(
+        "--native",
+        action="store_true",
+        help="create or update the SageMaker Pipeline and start an execution (the laptop may sleep)",
+    )
+    native.add_argument(
+        "--dry-run", action="store_true", help="with --native: print the pipeline definition, call no AWS"
+    )
+    _add(native, ("pipeline_name", "model_package_group", "max_rouge_drop"))
     p.add_argument(
         "--out", type=Path, default=Path("detox-report"), help="where the report goes (default: %(default)s)"
     )
@@ -211,7 +223,11 @@ def run(args: argparse.Namespace, out=None) -> int:
         return commands.train(options, out)
     if args.command == "evaluate":
         return commands.evaluate(options, out)
+    if args.command == "pipeline" and args.native:
+        return commands.native_pipeline(options, args.dry_run, out)
     if args.command == "pipeline":
+        if args.dry_run:
+            raise LaunchError("--dry-run prints the native pipeline's definition: add --native")
         return commands.pipeline(options, args.out, out)
     if args.command == "wait":
         return commands.wait(options, args.name, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import time
@@ -13,9 +14,11 @@ from flan_t5_detox.contract.paths import EVAL_INPUTS, REPORT_OUTPUT
 
 from . import jobs, local_backend
 from . import sagemaker_backend as sm
+from . import sagemaker_pipeline as native
 from .aws import Aws, connect
 from .errors import EXIT_FAILED, EXIT_STOPPED, LaunchError
 from .options import Options
+from .sagemaker_pipeline import PipelineSpec
 
 
 def _ended(status: sm.JobStatus) -> int:
@@ -90,18 +93,21 @@ def _evaluated(aws: Aws, job: jobs.EvalJob, options: Options, out) -> jobs.EvalJ
     return merge
 
 
-def pipeline(options: Options, dest: Path, out) -> int:
-    """train -> wait -> evaluate the trained model -> wait (-> merge the hosts' parts -> wait) -> fetch
-    the report."""
+def _chained_jobs(options: Options) -> tuple[jobs.TrainJob, jobs.EvalJob]:
+    """The train job and the evaluation of what it trains, both validated before anything runs."""
     stamp = jobs.timestamp()  # one timestamp names both jobs
     train_job = jobs.train_job(options, name=jobs.job_name("detox-train", stamp))
     # The evaluation's "before" model is the adapter the training started from.
     peft = options.peft_checkpoint or options.hyperparameters.get("peft_checkpoint_s3_uri")
     options.peft_checkpoint = peft or None
     options.detoxified, options.training_output = train_job.model_artifacts, train_job.output_artifacts
-    eval_job = jobs.eval_job(
-        options, name=jobs.job_name("detox-evaluate", stamp)
-    )  # validated before anything runs
+    return train_job, jobs.eval_job(options, name=jobs.job_name("detox-evaluate", stamp))
+
+
+def pipeline(options: Options, dest: Path, out) -> int:
+    """train -> wait -> evaluate the trained model -> wait (-> merge the hosts' parts -> wait) -> fetch
+    the report."""
+    train_job, eval_job = _chained_jobs(options)
     aws = connect(options)
 
     sm.submit_training(aws, train_job)
@@ -113,6 +119,49 @@ def pipeline(options: Options, dest: Path, out) -> int:
         del eval_job.inputs["training_output"]
     reported = _evaluated(aws, eval_job, options, out)
     return fetch(options, reported.name, dest, out, aws)
+
+
+def pipeline_spec(options: Options) -> PipelineSpec:
+    """The native pipeline's definition, from the same job definitions `pipeline` submits."""
+    if options.max_rouge_drop < 0:
+        raise LaunchError("--max-rouge-drop must be >= 0 (the ROUGE-L loss the gate accepts)")
+    train_job, eval_job = _chained_jobs(options)
+    # SageMaker names the pipeline's jobs; a checkpoint folder is per execution unless given.
+    train_job.checkpoint_s3_uri = options.checkpoint_s3_uri or ""
+    return PipelineSpec(
+        name=options.pipeline_name,
+        train=train_job,
+        evaluate=eval_job,
+        max_rouge_drop=options.max_rouge_drop,
+        model_package_group=options.model_package_group,
+    )
+
+
+def native_pipeline(options: Options, dry_run: bool, out) -> int:
+    """Define the SageMaker Pipeline; print it (`dry_run`, no AWS call), or create/update it and
+    start an execution."""
+    spec = pipeline_spec(options)
+    if dry_run:
+        pipeline = native.build(spec, native.offline_session(options.region))
+        print(json.dumps(native.definition(pipeline), indent=2), file=out)
+        return 0
+    aws = connect(options)
+    trained = ("detoxified", "training_output")  # made by the train step
+    inputs = {n: uri for n, uri in spec.evaluate.inputs.items() if n not in trained}
+    sm.check_inputs(aws, spec.train.output_path, {**spec.train.channels, **inputs})
+    bucket = s3.parse_s3_uri(spec.train.output_path)[0]
+    pipeline = native.build(spec, sm.sdk_session(aws, bucket, pipeline=True))
+    pipeline.upsert(role_arn=spec.train.role, description=native.DESCRIPTION)
+    execution = pipeline.start()
+    console = f"https://{aws.region}.console.aws.amazon.com/sagemaker/home?region={aws.region}#/pipelines"
+    print(f"pipeline {spec.name} defined; started execution {execution.arn}", file=out)
+    print(f"  report:  {native.report_location(spec.train.output_path)}", file=out)
+    print(f"  console: {console}", file=out)
+    print(
+        f"  follow:  aws sagemaker list-pipeline-execution-steps --pipeline-execution-arn {execution.arn}",
+        file=out,
+    )
+    return 0
 
 
 def wait(options: Options, name: str, out) -> int:

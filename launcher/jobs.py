@@ -55,6 +55,7 @@ class TrainJob:
     tensorboard_s3_uri: str = ""  # TensorBoardOutputConfig: where /opt/ml/output/tensorboard goes
     spot: bool = False
     max_wait: int | None = None
+    keep_alive: int | None = None  # warm pool: KeepAlivePeriodInSeconds
     tags: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     metric_definitions: list[dict[str, str]] = field(default_factory=metric_definitions)
@@ -143,6 +144,7 @@ def train_job(options: Options, cloud: bool = True, name: str | None = None) -> 
     max_wait = (options.max_wait or 2 * options.max_run) if options.spot else None
     if max_wait is not None and max_wait < options.max_run:
         raise LaunchError("--max-wait must be >= --max-run (it includes the run time)")
+    keep_alive = _keep_alive(options, cloud)
     checkpoint = options.checkpoint_s3_uri or (s3.join(out, name, "checkpoints") if cloud else "")
     if checkpoint:
         s3.parse_s3_uri(checkpoint)
@@ -166,9 +168,28 @@ def train_job(options: Options, cloud: bool = True, name: str | None = None) -> 
         tensorboard_s3_uri=tensorboard,
         spot=options.spot,
         max_wait=max_wait,
+        keep_alive=keep_alive,
         tags={str(k): str(v) for k, v in options.tags.items()},
         environment={str(k): str(v) for k, v in options.environment.items()},
     )
+
+
+MAX_KEEP_ALIVE = 3600  # SageMaker's limit on KeepAlivePeriodInSeconds
+
+
+def _keep_alive(options: Options, cloud: bool) -> int | None:
+    """The warm pool's keep-alive; SageMaker keeps no warm pool for spot jobs, nor for local runs."""
+    if options.keep_alive is None:
+        return None
+    if not cloud:
+        raise LaunchError("--keep-alive applies to SageMaker jobs only")
+    if options.spot:
+        raise LaunchError(
+            "--keep-alive cannot be used with --spot: SageMaker keeps no warm pool for spot jobs"
+        )
+    if not 1 <= options.keep_alive <= MAX_KEEP_ALIVE:
+        raise LaunchError(f"--keep-alive must be 1-{MAX_KEEP_ALIVE} seconds, got {options.keep_alive}")
+    return options.keep_alive
 
 
 def eval_job(options: Options, cloud: bool = True, name: str | None = None) -> EvalJob:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flan_t5_detox.contract import cluster, layout, s3
 from flan_t5_detox.contract.hosts import host_names
+from flan_t5_detox.contract.memory import killed_message, killed_run
 from flan_t5_detox.contract.paths import ML_ROOT, REPORT_OUTPUT, MlPaths
 
 from .errors import LaunchError
@@ -76,10 +77,15 @@ class LocalRun:
 
     @property
     def failure(self) -> str:
-        """What SageMaker would show as FailureReason (first 1024 characters)."""
+        """What SageMaker would show as FailureReason (first 1024 characters); for a job killed
+        outright, which writes none, what its running marker says (most likely out of memory)."""
         for path in (self.paths.failure, self.paths.message):
             if path.is_file() and path.read_text().strip():
                 return path.read_text()[:1024].strip()
+        for folder in (self.paths.checkpoints, self.paths.failure.parent):
+            killed = killed_run(folder)
+            if killed is not None:
+                return killed_message(killed)
         return ""
 
     @property

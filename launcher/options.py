@@ -64,6 +64,17 @@ class Options:
     detoxified: str | None = _opt(None, "evaluate: the train job's model.tar.gz or model folder")
     training_output: str | None = _opt(None, "evaluate: the train job's output.tar.gz (PPO curves)")
     train_job: str | None = _opt(None, "evaluate: take detoxified/training-output from this train job")
+    # Warm pools and the native pipeline.
+    keep_alive: int | None = _opt(
+        None, "train: keep the instances warm this many seconds after the job (KeepAlivePeriodInSeconds)"
+    )
+    pipeline_name: str = _opt("flan-t5-detox", "pipeline --native: the SageMaker Pipeline's name")
+    model_package_group: str = _opt(
+        "flan-t5-detox", "pipeline --native: model package group an adapter that passes the gate joins"
+    )
+    max_rouge_drop: float = _opt(
+        0.05, "pipeline --native: the gate fails when ROUGE-L's CI low is below -this"
+    )
     # Waiting.
     wait: bool = _opt(False, "wait for the job to end, showing status changes and logs")
     poll: float = _opt(30.0, "seconds between status checks")

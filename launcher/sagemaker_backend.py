@@ -23,21 +23,28 @@ for _name in ("sagemaker", "sagemaker.config"):
 LOG_GROUPS = {"train": "/aws/sagemaker/TrainingJobs", "evaluate": "/aws/sagemaker/ProcessingJobs"}
 
 
-def sdk_session(aws: Aws, bucket: str | None = None):
-    """A sagemaker.Session on our boto3 session, with SDK telemetry off unless the user's
-    SageMaker config turns it on."""
-    import sagemaker
+def sdk_config() -> dict:
+    """The user's SageMaker SDK config, with SDK telemetry off unless it turns it on."""
     from sagemaker.config import load_sagemaker_config
 
     config = load_sagemaker_config() or {}
     config.setdefault("SchemaVersion", "1.0")
     modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
     modules.setdefault("TelemetryOptOut", True)
-    session = sagemaker.Session(
+    return config
+
+
+def sdk_session(aws: Aws, bucket: str | None = None, pipeline: bool = False):
+    """A sagemaker.Session (a PipelineSession with `pipeline`: jobs become pipeline steps) on our
+    boto3 session, with SDK telemetry off unless the user's SageMaker config turns it on."""
+    import sagemaker
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    session = (PipelineSession if pipeline else sagemaker.Session)(
         boto_session=aws.session,
         sagemaker_client=aws.client("sagemaker"),
         default_bucket=bucket,
-        sagemaker_config=config,
+        sagemaker_config=sdk_config(),
     )
     # The SDK builds its S3 clients from the boto3 session alone; keep --endpoint-url for them too.
     session.s3_client, session.s3_resource = aws.client("s3"), aws.resource("s3")
@@ -53,16 +60,15 @@ def check_inputs(aws: Aws, output_uri: str, inputs: dict[str, str]) -> None:
             raise LaunchError(f"{name}: nothing found at {uri}")
 
 
-def submit_training(aws: Aws, job: TrainJob) -> str:
+def estimator(job: TrainJob, session, **override):
+    """The SDK's Estimator for `job`; `override` replaces arguments (a pipeline's parameters)."""
     from sagemaker.debugger import TensorBoardOutputConfig
     from sagemaker.estimator import Estimator
-    from sagemaker.inputs import TrainingInput
 
-    check_inputs(aws, job.output_path, job.channels)
     tensorboard = None
-    if job.tensorboard_s3_uri:
+    if job.tensorboard_s3_uri:  # SageMaker syncs the job's TensorBoard folder there while it runs
         tensorboard = TensorBoardOutputConfig(job.tensorboard_s3_uri, str(CONTAINER.tensorboard))
-    estimator = Estimator(
+    arguments = dict(
         image_uri=job.image,
         role=job.role,
         instance_count=job.resources.instance_count,
@@ -74,27 +80,36 @@ def submit_training(aws: Aws, job: TrainJob) -> str:
         checkpoint_local_path=str(CONTAINER.checkpoints) if job.checkpoint_s3_uri else None,
         use_spot_instances=job.spot,
         max_wait=job.max_wait,
+        keep_alive_period_in_seconds=job.keep_alive,
         hyperparameters=job.hyperparameters,
         metric_definitions=job.metric_definitions,
         tensorboard_output_config=tensorboard,
         tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
         environment=job.environment or None,
         base_job_name="detox-train",
-        sagemaker_session=sdk_session(aws, s3.parse_s3_uri(job.output_path)[0]),
+        sagemaker_session=session,
         # The image ships no smdebug; profiler and debugger rules would only add jobs and outputs.
         disable_profiler=True,
         debugger_hook_config=False,
     )
+    return Estimator(**{**arguments, **override})
+
+
+def submit_training(aws: Aws, job: TrainJob) -> str:
+    from sagemaker.inputs import TrainingInput
+
+    check_inputs(aws, job.output_path, job.channels)
+    session = sdk_session(aws, s3.parse_s3_uri(job.output_path)[0])
     channels = {name: TrainingInput(uri) for name, uri in job.channels.items()}
-    estimator.fit(inputs=channels or None, job_name=job.name, wait=False, logs=False)
+    estimator(job, session).fit(inputs=channels or None, job_name=job.name, wait=False, logs=False)
     return job.name
 
 
-def submit_processing(aws: Aws, job: EvalJob) -> str:
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+def processor(job: EvalJob, session, **override):
+    """The SDK's Processor for `job`; `override` replaces arguments (a pipeline's parameters)."""
+    from sagemaker.processing import Processor
 
-    check_inputs(aws, job.report_uri, job.inputs)
-    processor = Processor(
+    arguments = dict(
         role=job.role,
         image_uri=job.image,
         instance_count=job.resources.instance_count,
@@ -105,20 +120,33 @@ def submit_processing(aws: Aws, job: EvalJob) -> str:
         base_job_name="detox-evaluate",
         env=job.environment or None,
         tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
-        sagemaker_session=sdk_session(aws, s3.parse_s3_uri(job.report_uri)[0]),
+        sagemaker_session=session,
     )
-    inputs = [
+    return Processor(**{**arguments, **override})
+
+
+def processing_io(inputs: dict, report_uri) -> tuple[list, list]:
+    """The evaluate job's ProcessingInputs (each at /opt/ml/processing/input/<name>) and its one
+    output, the report folder, uploaded to `report_uri`."""
+    from sagemaker.processing import ProcessingInput, ProcessingOutput
+
+    return [
         ProcessingInput(source=uri, destination=str(CONTAINER.processing_input(name)), input_name=name)
-        for name, uri in job.inputs.items()
-    ]
-    outputs = [
+        for name, uri in inputs.items()
+    ], [
         ProcessingOutput(
             source=str(CONTAINER.processing_output(REPORT_OUTPUT)),
-            destination=job.report_uri,
+            destination=report_uri,
             output_name=REPORT_OUTPUT,
         )
     ]
-    processor.run(
+
+
+def submit_processing(aws: Aws, job: EvalJob) -> str:
+    check_inputs(aws, job.report_uri, job.inputs)
+    session = sdk_session(aws, s3.parse_s3_uri(job.report_uri)[0])
+    inputs, outputs = processing_io(job.inputs, job.report_uri)
+    processor(job, session).run(
         inputs=inputs,
         outputs=outputs,
         arguments=job.arguments or None,

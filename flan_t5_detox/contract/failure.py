@@ -22,8 +22,13 @@ EXIT_ERROR = 1
 class JobInputError(ValueError):
     """A problem with what the job was given (settings, channels, data).
 
-    Its message is written to the failure file and shown to the user as is.
+    Its message is written to the failure file and shown to the user as is, after `prefix`;
+    the job exits with EXIT_BAD_INPUT. Kinds whose fix is also the user's, such as a machine
+    too small for the settings (`contract.disk`, `contract.memory`), are subclasses with their
+    own prefix.
     """
+
+    prefix = "Bad input"
 
 
 def write_failure(path: Path, message: str) -> None:
@@ -61,13 +66,16 @@ def run_job(body: Callable[[], int], failure_files: list[Path]) -> int:
     try:
         return body()
     except JobInputError as exc:
-        message = f"Bad input: {exc}"
+        message = f"{exc.prefix}: {exc}"
         code = EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - anything else is reported, then the job fails
         message = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=8)}"
         code = EXIT_ERROR
     for path in failure_files:
-        write_failure(path, message)
+        try:
+            write_failure(path, message)
+        except OSError as exc:  # a full disk must not hide the reason: it still reaches the log
+            print(f"cannot write {path} ({exc.strerror})", file=sys.stderr)
     log.error(message.splitlines()[0])
     print(message.splitlines()[0], file=sys.stderr)
     return code

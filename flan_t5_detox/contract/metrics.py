@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from flan_t5_detox.contract.disk import writing
+
 log = logging.getLogger(__name__)
 
 # Order is the order printed; names never change once shipped.
@@ -79,12 +81,20 @@ class MetricsLog:
     def rewrite(self, records: list[dict]) -> None:
         """Replace the file with `records` (a resumed job's history), atomically."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(_finite(r)) + "\n" for r in records))
+        with writing(f"the metrics of steps 1..{len(records)}", self.path):
+            try:
+                tmp.write_text("".join(json.dumps(_finite(r)) + "\n" for r in records))
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
         os.replace(tmp, self.path)
 
     def append(self, metrics: dict[str, float]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(_finite(metrics)) + "\n")
+        # A line torn by a full disk is dropped when the file is read (`read_metrics`), and a
+        # resumed job rewrites the file from its checkpoint.
+        with writing(f"the metrics of step {metrics.get('step')}", self.path):
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(_finite(metrics)) + "\n")
 
     def read(self) -> list[dict]:
         return read_metrics(self.path)

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from flan_t5_detox.contract.disk import FULL
 from flan_t5_detox.contract.failure import JobInputError
 
 
@@ -36,7 +37,8 @@ def publish(staging: Path, target: Path, last: str | None = None, stale: Iterabl
     Entries named in `stale` that this result does not bring are removed from `target` first, so
     an earlier result's files do not mix with this one's; the entry named `last` is moved last, so
     its presence says that every other entry has arrived. If a move fails, the staging folder is
-    removed and the failure is reported as a `JobInputError` naming `target`."""
+    removed and the failure is reported as a `JobInputError` naming `target` (a full disk's
+    OSError is raised as it is, for the caller's `disk.writing`)."""
     try:
         target.mkdir(parents=True, exist_ok=True)
         items = sorted(staging.iterdir(), key=lambda item: (item.name == last, item.name))
@@ -52,6 +54,8 @@ def publish(staging: Path, target: Path, last: str | None = None, stale: Iterabl
         staging.rmdir()
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in FULL:
+            raise  # the caller's `disk.writing` names what was written and the free space
         raise JobInputError(f"cannot write the results to {target}: {exc.strerror or exc}") from exc
 
 

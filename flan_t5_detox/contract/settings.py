@@ -30,6 +30,9 @@ DEFAULT_REWARD_MODEL = "facebook/roberta-hate-speech-dynabench-r4-target"
 # choice), or the response alone (what the policy controls). See the README for the default.
 REWARD_INPUTS = ("response", "query_response")
 DTYPES = ("auto", "float32", "bfloat16")
+# What the machine checks before any model loads do with a run that will not fit its disk or
+# memory (contract/preflight.py): refuse it, or only warn and run.
+PREFLIGHTS = ("refuse", "warn")
 
 
 def setting(default, rule: Rule | None = None):
@@ -65,6 +68,7 @@ class JobSettings:
     # Runtime.
     dtype: str = setting("auto", one_of(DTYPES))
     num_threads: int = setting(0, at_least(0, "0 = one per CPU"))
+    preflight: str = setting("refuse", one_of(PREFLIGHTS))
 
     def combination_problems(self) -> list[str]:
         """What is wrong between fields, each with a reason the user can act on."""

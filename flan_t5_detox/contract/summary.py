@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from flan_t5_detox.contract.disk import writing
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.paths import TRAINING_SUMMARY
 
@@ -57,7 +58,14 @@ class TrainingSummary:
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / TRAINING_SUMMARY
-        path.write_text(json.dumps(self.to_json(), indent=2))
+        tmp = path.with_name(f".{path.name}.tmp")
+        with writing("the training summary", path):
+            try:
+                tmp.write_text(json.dumps(self.to_json(), indent=2))
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+        tmp.replace(path)
         return path
 
     @classmethod

@@ -15,7 +15,9 @@ B1 A1 s1 + B2 A2 s2 = [B1 s1/s, B2 s2/s][A1; A2] s), so users load `model/` with
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict
 
+from flan_t5_detox.contract.disk import writing
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.outputs import publish
 from flan_t5_detox.contract.paths import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS, VALUE_HEAD_WEIGHTS
@@ -176,6 +179,14 @@ class AdapterInfo:
     chosen: ChosenStep | None = None
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """`torch.save` through a Python file write, so a full disk raises OSError (ENOSPC), not
+    the RuntimeError of torch's own file writer."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    Path(path).write_bytes(buffer.getvalue())
+
+
 def save_adapter(
     out_dir: Path,
     policy,
@@ -190,7 +201,7 @@ def save_adapter(
     config, weights = combined_adapter(summarization_dir, policy.pretrained_model)
     info = AdapterInfo(**asdict(provenance), rank=config.r, ppo_steps=ppo_steps, chosen=chosen)
     config.save_pretrained(str(out_dir))
-    torch.save(weights, out_dir / ADAPTER_WEIGHTS)
+    save_tensors(weights, out_dir / ADAPTER_WEIGHTS)
     (out_dir / ADAPTER_INFO).write_text(json.dumps(asdict(info), indent=2))
     return info
 
@@ -206,7 +217,7 @@ def save_detox_model(
 ) -> AdapterInfo:
     """Write model/: the combined adapter, value head, tokenizer, info and README."""
     info = save_adapter(out_dir, policy, summarization_dir, provenance, ppo_steps, chosen)
-    torch.save({k: v.float() for k, v in policy.v_head.state_dict().items()}, out_dir / VALUE_HEAD_WEIGHTS)
+    save_tensors({k: v.float() for k, v in policy.v_head.state_dict().items()}, out_dir / VALUE_HEAD_WEIGHTS)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "README.md").write_text(MODEL_README.format(base=info.base_model, rank=info.rank))
     return info
@@ -223,15 +234,24 @@ def publish_detox_model(
     chosen: ChosenStep | None = None,
 ) -> AdapterInfo:
     """Write model/ whole or not at all: the detoxified adapter and the adapters kept at steps up
-    to `ppo_steps` (found under `kept_in`, the checkpoints folder), staged beside it, published.
-    With `chosen` (keep_best), the policy holds the weights of step `chosen.step`."""
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=Path(model_dir).parent))
+    to `ppo_steps` (found under `kept_in`, the checkpoints folder), staged inside it (so each move
+    is a rename, even where model/ is a file system of its own), published. With `chosen`
+    (keep_best), the policy holds the weights of step `chosen.step`."""
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
     adapter_step = chosen.step if chosen else ppo_steps
-    info = save_detox_model(staging, policy, tokenizer, summarization_dir, provenance, adapter_step, chosen)
-    for step, folder in step_adapters(kept_in).items():
-        if step <= ppo_steps:
-            shutil.copytree(folder, staging / STEPS_DIR / str(step))
-    publish(staging, Path(model_dir))
+    with writing("the trained model", Path(model_dir)):
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        try:
+            info = save_detox_model(
+                staging, policy, tokenizer, summarization_dir, provenance, adapter_step, chosen
+            )
+            for step, folder in step_adapters(kept_in).items():
+                if step <= ppo_steps:
+                    shutil.copytree(folder, staging / STEPS_DIR / str(step))
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish(staging, Path(model_dir))
     return info
 
 
@@ -252,7 +272,17 @@ class AdapterKeeper:
     def save(self, step: int) -> None:
         """The policy's adapter as that of `step`, whatever the cadence."""
         target = Path(self.folder) / STEPS_DIR / str(step)
-        save_adapter(target, self.policy, self.summarization_dir, self.provenance, step)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Staged and renamed: `step_adapters` never lists half an adapter.
+        with writing(f"the adapter kept at step {step}", target):
+            staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+            try:
+                save_adapter(staging, self.policy, self.summarization_dir, self.provenance, step)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
 
 
 def read_adapter_info(folder: Path) -> dict | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flan_t5_detox.contract.disk import size_text, writing
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.ml.loading import DamagedFile, UnsafeFile, load_tensors
 
@@ -135,17 +136,26 @@ def _unpack(obj, tensors: dict) -> object:
     return obj
 
 
-def write(directory: Path, snapshot: Snapshot, keep: int = 2) -> Path:
+KEEP = 2  # checkpoints kept; one more exists while the next is written
+
+
+def write(directory: Path, snapshot: Snapshot, keep: int = KEEP) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{snapshot.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    with open(tmp / STATE_FILE, "wb") as handle:
-        handle.write(to_bytes(snapshot))
-        handle.flush()
-        os.fsync(handle.fileno())
-    if snapshot.settings:
-        (tmp / SETTINGS_FILE).write_text(json.dumps(snapshot.settings, indent=2, sort_keys=True))
+    data = to_bytes(snapshot)
+    with writing(f"the checkpoint of step {snapshot.step} ({size_text(len(data))})", directory):
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+        try:
+            with open(tmp / STATE_FILE, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if snapshot.settings:
+                (tmp / SETTINGS_FILE).write_text(json.dumps(snapshot.settings, indent=2, sort_keys=True))
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # the older checkpoints are untouched
+            raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -96,6 +96,11 @@ class Runtime:
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of one weight of the summarizers (the preflight's memory estimate)."""
+        return torch.finfo(self.dtype).bits // 8
+
     def describe(self) -> dict[str, object]:
         return {"dtype": self.dtype_name, "threads": self.threads, "cpu": self.cpu}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flan_t5_detox.contract.disk import EVALUATE_FIX, writing
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.settings import EvalConfig
 from flan_t5_detox.ml.data import Example
@@ -73,7 +74,12 @@ def write_part(folder: Path, host: str, measured: Measurements, context: dict) -
     }
     path = folder / part_name(host)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(part))
+    with writing("this host's part of the evaluation", path, EVALUATE_FIX):
+        try:
+            tmp.write_text(json.dumps(part))
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
     tmp.replace(path)
     return path
 

@@ -4,10 +4,8 @@ The image and the engine come from `.ci/docker.sh` (tests/container/engine.py)."
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -16,64 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.engine import docker_cli, unavailable
+from tests.container.sdk import compose_cleaned, sdk_local_session
 
 pytestmark = pytest.mark.docker
-
-
-def _engine_has_own_network() -> bool:
-    """Whether dockerd runs in a network namespace other than ours (.ci/docker.sh isolates it)."""
-    try:
-        pid = Path("/var/run/docker.pid").read_text().strip()
-        return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    except OSError:
-        return False
-
-
-def _sdk_local_session(tmp_path, s3_url: str | None = None):
-    """The real SDK's LocalSession (docker compose); S3 is the test's own server when given."""
-    import boto3
-    from sagemaker.local import LocalSession
-
-    # The SDK's compose file always adds a bridge network ("sagemaker-local"); this machine's
-    # bridges are off limits, so the engine must have a network namespace of its own.
-    if not _engine_has_own_network():
-        unavailable(
-            "dockerd shares this host's network (compose would add a bridge here)",
-            ".ci/docker.sh start runs it in its own network namespace",
-            "start it with .ci/docker.sh start",
-        )
-    assert shutil.which("docker-compose") or docker_cli("compose", "version").returncode == 0
-    if s3_url:
-        from tests.servers import ACCESS_KEY, REGION, SECRET_KEY
-
-        boto_session = boto3.Session(
-            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION
-        )
-    else:  # fake static credentials: no metadata-service lookups; they only reach the container's env
-        boto_session = boto3.Session(
-            aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1"
-        )
-    telemetry_off = {
-        "SchemaVersion": "1.0",
-        "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
-    }
-    session = LocalSession(boto_session=boto_session, s3_endpoint_url=s3_url, sagemaker_config=telemetry_off)
-    session.config = {"local": {"local_code": True, "container_root": str(tmp_path)}}
-    return session
-
-
-@contextlib.contextmanager
-def _compose_cleaned():
-    """compose leaves its containers and network behind; the network is in the engine's namespace."""
-    before = set(docker_cli("ps", "-aq").stdout.split())
-    try:
-        yield
-    finally:
-        made = set(docker_cli("ps", "-aq", "--filter", "label=com.docker.compose.project").stdout.split())
-        if made - before:
-            docker_cli("rm", "-f", *sorted(made - before))
-        docker_cli("network", "rm", "sagemaker-local")
 
 
 def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, sample_dataset, tmp_path):
@@ -82,7 +25,7 @@ def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, s
     name both hosts, train data-parallel (rank 0 on the first host writes model/ and output/)."""
     from sagemaker.estimator import Estimator
 
-    session = _sdk_local_session(tmp_path)
+    session = sdk_local_session(tmp_path)
     dataset_dir = tmp_path / "dataset"
     dataset_dir.mkdir()
     shutil.copy(sample_dataset, dataset_dir)
@@ -106,7 +49,7 @@ def test_sagemaker_sdk_local_mode_trains_on_two_containers(image, tiny_models, s
         sagemaker_session=session,
     )
     channels = tiny_models.channels(dataset_dir)
-    with _compose_cleaned():
+    with compose_cleaned():
         estimator.fit({name: f"file://{path}" for name, path in channels.items()}, wait=True)
 
     model_tar = Path(estimator.model_data.removeprefix("file://"))
@@ -183,10 +126,10 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
     client.create_bucket(Bucket=bucket)
     sources = {**tiny_models.evaluation_inputs(Path(sample_dataset)), "detoxified": trained / "model"}
     inputs = _uploaded_inputs(client, bucket, sources)
-    session = _sdk_local_session(tmp_path, s3_server.url)
+    session = sdk_local_session(tmp_path, s3_server.url)
     settings = ["--num-samples", "8", "--generation-batch-size", "4", "--max-new-tokens", "12"]
     settings += ["--bootstrap-samples", "200", "--num-threads", "1", "--samples-per-prompt", "2"]
-    with _compose_cleaned():
+    with compose_cleaned():
         _processor(session, image, 2).run(
             inputs=inputs,
             outputs=_report_output(bucket, "sharded"),
@@ -200,7 +143,7 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
     merge_input = ProcessingInput(
         source=f"s3://{bucket}/sharded", destination="/opt/ml/processing/input/parts", input_name="parts"
     )
-    with _compose_cleaned():
+    with compose_cleaned():
         _processor(session, image, 1).run(
             inputs=[merge_input], outputs=_report_output(bucket, "merged"), arguments=["merge"], wait=True,
             logs=False,

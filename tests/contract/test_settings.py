@@ -91,13 +91,20 @@ def test_eval_settings_validate_too():
 
 def test_the_shared_part_is_one_set_of_fields_in_both_jobs():
     shared = field_types(JobSettings)
-    assert len(shared) == 15
+    assert len(shared) == 16
     for cls in (TrainConfig, EvalConfig):
         assert {name: field_types(cls)[name] for name in shared} == shared
         assert all(getattr(cls(), name) == getattr(JobSettings(), name) for name in shared)
     # Each job has its own generation batch: rollouts take the whole PPO batch by default.
     assert (TrainConfig().generation_batch_size, EvalConfig().generation_batch_size) == (0, 16)
-    assert len(field_types(TrainConfig)) == 44 and len(field_types(EvalConfig)) == 24
+    assert len(field_types(TrainConfig)) == 45 and len(field_types(EvalConfig)) == 25
+
+
+def test_the_machine_checks_refuse_or_warn_and_nothing_else():
+    assert TrainConfig().preflight == EvalConfig().preflight == "refuse"
+    assert parse_settings(EvalConfig, {"preflight": "warn"}).preflight == "warn"
+    with pytest.raises(JobInputError, match="preflight must be one of refuse, warn, got 'off'"):
+        parse_settings(TrainConfig, {"preflight": "off"})
 
 
 def test_every_problem_is_reported_at_once():

@@ -115,5 +115,16 @@ def existing_processing_job(aws) -> str:
     return name
 
 
+def service_model_errors(operation: str, request: dict) -> str:
+    """What botocore's validation finds wrong with `request` for a SageMaker `operation`, from
+    the service model ("" when nothing)."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+    return report.generate_report() if report.has_errors() else ""
+
+
 def submitted_name(stdout: str) -> str:
     return re.search(r"submitted (\S+)", stdout).group(1)

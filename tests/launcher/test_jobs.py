@@ -60,6 +60,14 @@ from tests.servers import ROLE
             ["--image", IMAGE, "--role", ROLE, "--bucket", BUCKET, "--tensorboard-s3-uri", "tb/"],
             "not an S3 URI (expected s3://bucket/key): 'tb/'",
         ),
+        (
+            ["--image", IMAGE, "--role", ROLE, "--bucket", BUCKET, "--spot", "--keep-alive", "600"],
+            "--keep-alive cannot be used with --spot",
+        ),
+        (
+            ["--image", IMAGE, "--role", ROLE, "--bucket", BUCKET, "--keep-alive", "3601"],
+            "--keep-alive must be 1-3600 seconds, got 3601",
+        ),
     ],
 )
 def test_user_errors_are_one_clear_line(aws, bucket, launch, args, message):

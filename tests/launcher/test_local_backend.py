@@ -302,3 +302,21 @@ def test_local_training_on_two_hosts_runs_them_together_and_keeps_rank_0s_model(
     assert summary["world_size"] == 2 and summary["steps"] == 2
     assert (root / "algo-1" / "model" / "adapter_config.json").is_file()
     assert not any((root / "algo-2" / "model").iterdir())
+
+
+def test_a_local_job_killed_outright_is_reported_as_most_likely_out_of_memory(tmp_path):
+    """A SIGKILL (the OOM killer's) writes no failure file; the job's running marker says it."""
+    from detox_launcher.local_backend import LocalRun
+
+    from flan_t5_detox.contract.memory import marker_path
+    from flan_t5_detox.contract.paths import MlPaths
+
+    paths = MlPaths(tmp_path / "ml")
+    run = LocalRun("train", "detox-train-x", paths, [])
+    assert run.failure == ""
+    paths.checkpoints.mkdir(parents=True)
+    marker = {"started": "2026-12-06T19:00:00+0000", "pid": 1, "settings": {"batch_size": 64}, "ended": False}
+    marker_path(paths.checkpoints).write_text(json.dumps(marker))
+    assert "most likely killed for memory" in run.failure and "batch_size=64" in run.failure
+    marker_path(paths.checkpoints).write_text(json.dumps({**marker, "ended": True}))
+    assert run.failure == ""

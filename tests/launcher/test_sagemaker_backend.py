@@ -7,14 +7,18 @@ from __future__ import annotations
 import re
 import time
 
-from botocore.session import get_session
-from botocore.validate import ParamValidator
-
 from flan_t5_detox.contract.environment import decode_hyperparameters
 from flan_t5_detox.contract.metrics import format_metrics_line, metric_definitions
 from flan_t5_detox.contract.paths import CONTAINER, MlPaths
 from flan_t5_detox.contract.settings import EvalConfig, TrainConfig, parse_settings
-from tests.launcher.account import IMAGE, existing_processing_job, existing_training_job, put, submitted_name
+from tests.launcher.account import (
+    IMAGE,
+    existing_processing_job,
+    existing_training_job,
+    put,
+    service_model_errors,
+    submitted_name,
+)
 from tests.servers import ROLE, JobState
 
 
@@ -100,6 +104,21 @@ def test_train_job_hyperparameters_and_metric_definitions(aws, bucket, launch):
     assert found == {"train:reward_mean": 0.125, "train:kl": -0.5, "train:time_step": 12.0}
 
 
+def test_keep_alive_asks_for_a_warm_pool(aws, bucket, launch):
+    code, out, err = launch(
+        "train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--keep-alive", "1800"
+    )  # fmt: skip
+    assert code == 0, err
+    [request] = aws.api.sent("CreateTrainingJob")
+    assert request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 1800
+    assert service_model_errors("CreateTrainingJob", request) == ""
+    stored = aws.sagemaker.describe_training_job(TrainingJobName=submitted_name(out))
+    assert stored["TrainingJobName"] == submitted_name(out)  # moto took the request
+    # Without the flag, no warm pool.
+    launch("train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket)
+    assert "KeepAlivePeriodInSeconds" not in aws.api.sent("CreateTrainingJob")[1]["ResourceConfig"]
+
+
 def test_train_job_request_with_tensorboard_output(aws, bucket, launch):
     """SageMaker syncs the job's TensorBoard folder to S3 while it runs; the request that reached
     the API is one SageMaker's service model (botocore's) accepts."""
@@ -115,9 +134,7 @@ def test_train_job_request_with_tensorboard_output(aws, bucket, launch):
         "LocalPath": "/opt/ml/output/tensorboard",
     }
     assert CONTAINER.tensorboard == MlPaths(CONTAINER.root).root / "output" / "tensorboard"
-    operation = get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob")
-    report = ParamValidator().validate(request, operation.input_shape)
-    assert not report.has_errors(), report.generate_report()
+    assert service_model_errors("CreateTrainingJob", request) == ""
 
 
 def test_evaluate_job_request_takes_the_train_jobs_model(aws, bucket, launch):

@@ -107,3 +107,18 @@ def test_kept_adapters_every_n_steps_and_model_published_whole_with_those_up_to_
     assert info.ppo_steps == 3 and list(step_adapters(model_dir)) == [2]  # step 4 is past this model's
     assert (model_dir / ADAPTER_WEIGHTS).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "model"]  # no staging left
+
+
+def test_an_adapter_kept_on_a_full_disk_fails_clearly_and_leaves_no_half_adapter(tiny_models, tmp_path):
+    """checkpoints/ on a real 64 kB tmpfs (CI runs as root; skipped elsewhere without root): a
+    kept adapter here is about 110 kB."""
+    from flan_t5_detox.contract.disk import DiskFull
+    from tests.filesystems import size_limited
+
+    trainer = tiny_trainer(tiny_models, tiny_config())
+    provenance = Provenance("google/flan-t5-base", "channel:peft_checkpoint", "reward", "nothate")
+    with size_limited(tmp_path / "checkpoints", "64k") as checkpoints:
+        keep = AdapterKeeper(checkpoints, 1, trainer.policy, tiny_models.peft_checkpoint, provenance)
+        with pytest.raises(DiskFull, match=r"cannot write the adapter kept at step 1 to .*steps/1 \("):
+            keep(1)
+        assert step_adapters(checkpoints) == {} and list((checkpoints / "steps").iterdir()) == []

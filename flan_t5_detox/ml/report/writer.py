@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from flan_t5_detox.contract.disk import EVALUATE_FIX, writing
 from flan_t5_detox.contract.outputs import publish
 from flan_t5_detox.ml.evaluation import Evaluation
 from flan_t5_detox.ml.report.context import ReportContext
@@ -29,7 +30,13 @@ OPTIONAL_FILES = (TRADEOFF_CSV, *PLOT_FILES)
 
 
 def write_report(out_dir: Path, evaluation: Evaluation, context: ReportContext) -> list[Path]:
-    """Write every report file into `out_dir`; on any error the files there do not change."""
+    """Write every report file into `out_dir`; on any error the files there do not change, and
+    a full disk fails with what, where and the free space (`disk.writing`)."""
+    with writing("the report", Path(out_dir), EVALUATE_FIX):
+        return _write_report(out_dir, evaluation, context)
+
+
+def _write_report(out_dir: Path, evaluation: Evaluation, context: ReportContext) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Staged inside `out_dir`, so each file's move is a rename even where `out_dir` is a mount of
