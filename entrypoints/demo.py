@@ -35,6 +35,10 @@ TRAIN_HYPERPARAMETERS = {
     # 2-layer models gain nothing from intra-op threads, and on a busy machine OpenMP threads
     # that wait for each other make torch many times slower.
     "num_threads": 1,
+    # Held-out evaluation on prompts held out of the training split, and model/ gets the best
+    # evaluated step (`keep_best`); the evaluate job then measures it on the test split.
+    "eval_samples": 64,
+    "keep_best": True,
 }
 KEPT_ADAPTERS = 4  # adapters kept along the way (save_adapter_every), for the report's trade-off curve
 # The evaluate job keeps its defaults (whole test split of the sample, 100 new tokens, 4 samples
@@ -76,10 +80,13 @@ def run_jobs(out: Path, steps: int) -> int:
     print(f"[demo] embedded default models: {EMBEDDED_DIR}, checked against its manifest", flush=True)
     models = embedded_default()
     inputs = models.channels()
+    every = max(1, steps // (KEPT_ADAPTERS + 1))
+    # Held-out evaluation on the steps whose adapters are kept, so the best is one of them.
     settings = {
         **TRAIN_HYPERPARAMETERS,
         "max_ppo_steps": steps,
-        "save_adapter_every": max(1, steps // (KEPT_ADAPTERS + 1)),
+        "save_adapter_every": every,
+        "eval_every": every,
     }
     train_root = write_training_layout(out / "train", inputs, settings)
     print(f"[demo] train job: detox-train --ml-root {train_root}", flush=True)
@@ -87,6 +94,7 @@ def run_jobs(out: Path, steps: int) -> int:
     if code != 0:
         print(f"[demo] the train job failed (exit {code}): see {train_root / 'output' / 'failure'}")
         return code
+    print(kept_step_line(train_root / "model"), flush=True)
 
     eval_root = write_processing_layout(
         out / "evaluate",
@@ -102,6 +110,23 @@ def run_jobs(out: Path, steps: int) -> int:
     if code != 0:
         print(f"[demo] the evaluate job failed (exit {code}): see {eval_root / 'output' / 'failure'}")
     return code
+
+
+def kept_step_line(model_dir: Path) -> str:
+    """Which step model/ holds and why, from its adapter_info.json."""
+    from flan_t5_detox.ml.adapters import read_adapter_info
+
+    info = read_adapter_info(model_dir) or {}
+    chosen = info.get("chosen")
+    if not chosen:
+        return f"[demo] model/ holds the adapter of the last step, {info.get('ppo_steps')}"
+    figures, start = chosen["figures"], chosen["start"]
+    return (
+        f"[demo] kept step {chosen['step']} of {chosen['last_step']}: held-out toxicity "
+        f"{figures['heldout_toxicity']:.3f} (start {start['heldout_toxicity']:.3f}), ROUGE-L "
+        f"{figures['heldout_rouge_l']:.3f} (start {start['heldout_rouge_l']:.3f}), KL "
+        f"{figures['heldout_kl']:.3f}; rule: {chosen['rule']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,7 @@ class EvaluateRecipe:
 
     def measure(self) -> Measurements:
         """This host's dialogues through both models, then every adapter the train job kept."""
+        from flan_t5_detox.contract.progress import Progress
         from flan_t5_detox.ml import adapters
         from flan_t5_detox.ml.measurements import Measurements
 
@@ -154,33 +155,42 @@ class EvaluateRecipe:
             self.inputs.after_adapter
         )  # kept steps come with it: our train job's
         final_step = int(info["ppo_steps"]) if kept and info else None
+        steps = {
+            step: folder for step, folder in kept.items() if final_step is not None and step != final_step
+        }
+        self.progress, self.measured = Progress(2 + len(steps), "model"), 0  # models measured so far
         return Measurements(
             examples=[self.examples[p] for p in self.positions],
             positions=self.positions,
             sample_size=len(self.examples),
             test_split_size=len(self.test),
-            before=self._measure(self.before),
-            after=self._measure(self.after),
+            before=self._measure(self.before, "before"),
+            after=self._measure(self.after, "after"),
             steps={
-                step: self._measure(adapters.load_merged(self.inputs.base_model, folder, self.machine.dtype))
-                for step, folder in kept.items()
-                if final_step is not None and step != final_step
+                step: self._measure(
+                    adapters.load_merged(self.inputs.base_model, folder, self.machine.dtype), f"step {step}"
+                )
+                for step, folder in steps.items()
             },
             final_step=final_step,
         )
 
-    def _measure(self, model):
-        """k samples per dialogue of this host's block, perplexity under the starting summarizer."""
+    def _measure(self, model, name: str):
+        """k samples per dialogue of this host's block, perplexity under the starting summarizer;
+        `name` says which model in the progress line."""
         from flan_t5_detox.ml import evaluation
 
         scorers = evaluation.Scorers(self.reward_model, self.judge, self.before)
         if not self.positions:  # more hosts than generation batches: this one's part is empty
             return evaluation.Side.empty(scorers.names(), self.config.samples_per_prompt)
         mine = [self.examples[p] for p in self.positions]
-        return evaluation.evaluate_model(
+        side = evaluation.evaluate_model(
             model, self.tokenizer, mine, self.reward_model, self.config, self.positions,
             judge=self.judge, reference=self.before,
         )  # fmt: skip
+        self.measured += 1
+        log.info("measured %s: %s", name, self.progress.done(self.measured))
+        return side
 
     def context(self):
         """How the measurements were made, for the report."""

@@ -30,7 +30,7 @@ from flan_t5_detox.contract.failure import JobInputError, run_job, setup_logging
 from flan_t5_detox.contract.memory import running
 from flan_t5_detox.contract.paths import METRICS_FILE, ML_ROOT, MlPaths
 from flan_t5_detox.contract.preflight import memory_settings
-from flan_t5_detox.contract.settings import TrainConfig, parse_settings
+from flan_t5_detox.contract.settings import TrainConfig, check_resume, heldout_settings, parse_settings
 
 if TYPE_CHECKING:
     from flan_t5_detox.ml.training import RunOutcome
@@ -69,15 +69,29 @@ class TrainRecipe:
     def __init__(self, env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0):
         self.env, self.scratch, self.local_rank = env, scratch, local_rank
         self.config = parse_settings(TrainConfig, env.hyperparameters)
+        self.heldout_config = heldout_settings(self.config) if self.config.eval_every else None
         self.meeting = rendezvous(env, self.config.processes_per_host, os.environ)
         check_split(self.config, self.meeting)
+
+    def check_resume(self) -> None:
+        """A restart continues the run its checkpoints belong to, or fails before any model loads
+        when the settings that define that run differ; allowed changes are logged."""
+        from flan_t5_detox.ml import checkpoint
+
+        recorded = checkpoint.recorded_settings(self.env.checkpoint_dir)
+        if recorded is None:
+            return
+        folder, settings = recorded
+        for change in check_resume(settings, self.config, str(self.env.checkpoint_dir)):
+            log.info("resuming %s with a changed setting: %s", folder.name, change)
 
     def setup(self) -> None:
         """Outputs, inputs and data first, so bad input fails before the models load."""
         from flan_t5_detox.contract import preflight
         from flan_t5_detox.contract.inputs import training_inputs
         from flan_t5_detox.contract.outputs import check_writable
-        from flan_t5_detox.ml import adapters, checkpoint, data, distributed, runtime
+        from flan_t5_detox.ml import adapters, checkpoint, data, distributed, evaluation, runtime
+        from flan_t5_detox.ml.heldout import HeldOut
         from flan_t5_detox.ml.loading import load_tokenizer
         from flan_t5_detox.ml.policy import build_policy
         from flan_t5_detox.ml.ppo import DetoxTrainer
@@ -88,23 +102,29 @@ class TrainRecipe:
             (env.model_dir, "model"),
             (env.output_data_dir, "output data"),
             (env.checkpoint_dir, "checkpoint"),
+            (MlPaths(env.root).tensorboard, "TensorBoard"),
         ):
             check_writable(folder, f"the {what} folder")
+        if self.meeting.rank(self.local_rank) == 0:  # rank 0 reads the checkpoints
+            self.check_resume()
         self.inputs = training_inputs(env, config, self.scratch)
         prompts = data.training_prompts(self.inputs.dataset, config)
+        if self.heldout_config is not None:
+            evaluation.select_examples(prompts.validation, 0)  # they must have reference summaries
         self.machine = runtime.setup(config.dtype, config.num_threads, config.processes_per_host)
-        longest = max(len(example.prompt) for example in prompts)
+        longest = max(len(example.prompt) for example in prompts.train + prompts.validation)
         preflight.check_training(
             config, self.inputs, env, longest, self.machine.weight_bytes, checkpoint.KEEP
         )  # before any model loads
         self.world = distributed.join(self.meeting, self.local_rank, config.collective_timeout)
         log.info(
-            "rank %d/%d dtype=%s threads=%d train_prompts=%d",
+            "rank %d/%d dtype=%s threads=%d train_prompts=%d heldout_prompts=%d",
             self.world.rank,
             self.world.size,
             self.machine.dtype_name,
             self.machine.threads,
-            len(prompts),
+            len(prompts.train),
+            len(prompts.validation),
         )
         self.tokenizer = load_tokenizer(self.inputs.base_model)
         summarizer = adapters.load_merged(
@@ -115,8 +135,12 @@ class TrainRecipe:
         reward_model = RewardModel(
             self.inputs.reward_model, config.reward_label, config.reward_input, batch_size=config.batch_size
         )
+        heldout = None
+        if self.heldout_config is not None:
+            reward_model.index_of(config.toxic_label)  # a missing label fails before training
+            heldout = HeldOut(prompts.validation, reward_model, self.heldout_config)
         self.trainer = DetoxTrainer(
-            config, self.policy, self.tokenizer, prompts, reward_model.rewards, self.world
+            config, self.policy, self.tokenizer, prompts.train, reward_model.rewards, self.world, heldout
         )
         self.provenance = adapters.Provenance(**self.inputs.provenance, reward_label=config.reward_label)
 
@@ -125,10 +149,11 @@ class TrainRecipe:
         the way live beside the checkpoints, so a restarted job still has them."""
         from flan_t5_detox.contract.metrics import MetricsLog
         from flan_t5_detox.ml import adapters
+        from flan_t5_detox.ml.heldout import BestRule
         from flan_t5_detox.ml.training import TrainingRun
 
         env, config = self.env, self.config
-        keeper = adapters.AdapterKeeper(
+        self.keeper = adapters.AdapterKeeper(
             env.checkpoint_dir,
             config.save_adapter_every,
             self.policy,
@@ -136,7 +161,18 @@ class TrainRecipe:
             self.provenance,
         )
         metrics = MetricsLog(env.output_data_dir / METRICS_FILE)
-        run = TrainingRun(self.trainer, env.checkpoint_dir, metrics, config.checkpoint_every, keeper)
+        self.best_rule = None
+        if config.keep_best:
+            self.best_rule = BestRule(config.max_rouge_drop, self.trainer.heldout.toxicity)
+        run = TrainingRun(
+            self.trainer,
+            env.checkpoint_dir,
+            metrics,
+            config.checkpoint_every,
+            self.keeper,
+            events=MlPaths(env.root).tensorboard if self.world.is_main else None,
+            best_rule=self.best_rule,
+        )
         self.started = time.time()
         run.resume()
         return run.run(config.max_ppo_steps)
@@ -146,6 +182,7 @@ class TrainRecipe:
         from flan_t5_detox.contract.summary import TrainingSummary
         from flan_t5_detox.ml import adapters, runtime
 
+        chosen = self.keep_best(outcome)
         info = adapters.publish_detox_model(
             self.env.model_dir,
             self.policy,
@@ -154,6 +191,7 @@ class TrainRecipe:
             self.provenance,
             outcome.steps,
             kept_in=self.env.checkpoint_dir,
+            chosen=chosen,
         )
         summary = TrainingSummary.from_history(
             self.trainer.history,  # steps 1..N, whichever runs did them (the checkpoints carry it)
@@ -166,7 +204,32 @@ class TrainRecipe:
             versions=runtime.versions(),
         )
         summary.write(self.env.output_data_dir)
-        log.info("done: %d steps; adapter in %s", outcome.steps, self.env.model_dir)
+        log.info(
+            "done: %d steps; adapter of step %d in %s", outcome.steps, info.ppo_steps, self.env.model_dir
+        )
+
+    def keep_best(self, outcome: RunOutcome):
+        """keep_best: the last step's adapter goes to steps/, then the policy takes the chosen
+        step's weights for model/. Returns what adapter_info.json says of the choice, or None."""
+        from flan_t5_detox.ml import adapters, checkpoint
+
+        if outcome.best is None:
+            return None
+        self.keeper.save(outcome.steps)
+        checkpoint.load_trainable(self.policy, outcome.best.trainable)
+        figures = next(r for r in self.trainer.history if r["step"] == outcome.best.step)
+        chosen = adapters.ChosenStep(
+            step=outcome.best.step,
+            rule=self.best_rule.statement(),
+            figures={k: v for k, v in figures.items() if k.startswith("heldout_")},
+            start={k: v for k, v in outcome.start.items() if k != "step"},
+            last_step=outcome.steps,
+        )
+        log.info(
+            "keep_best: model/ holds step %d of %d (%s); the last step's adapter is in steps/%d",
+            chosen.step, chosen.last_step, chosen.rule, chosen.last_step,
+        )  # fmt: skip
+        return chosen
 
     def close(self) -> None:
         """Leave the process group. The trainer (with its DDP reducer, which holds the group) is

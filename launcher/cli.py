@@ -17,7 +17,16 @@ GIVEN = argparse.SUPPRESS  # a flag not given leaves no attribute, so env and co
 AWS = ("profile", "region", "endpoint_url")
 WHERE = ("image", "role", "bucket", "prefix", "output_path", "job_name")
 RESOURCES = ("instance_type", "instance_count", "volume_size", "max_run")
-TRAIN = ("spot", "max_wait", "checkpoint_s3_uri", "base_model", "peft_checkpoint", "dataset", "reward_model")
+TRAIN = (
+    "spot",
+    "max_wait",
+    "checkpoint_s3_uri",
+    "tensorboard_s3_uri",
+    "base_model",
+    "peft_checkpoint",
+    "dataset",
+    "reward_model",
+)
 EVAL = (
     "base_model",
     "peft_checkpoint",

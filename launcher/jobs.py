@@ -52,6 +52,7 @@ class TrainJob:
     role: str = ""
     output_path: str = ""  # SageMaker writes <output_path>/<name>/output/{model,output}.tar.gz
     checkpoint_s3_uri: str = ""
+    tensorboard_s3_uri: str = ""  # TensorBoardOutputConfig: where /opt/ml/output/tensorboard goes
     spot: bool = False
     max_wait: int | None = None
     keep_alive: int | None = None  # warm pool: KeepAlivePeriodInSeconds
@@ -147,6 +148,14 @@ def train_job(options: Options, cloud: bool = True, name: str | None = None) -> 
     checkpoint = options.checkpoint_s3_uri or (s3.join(out, name, "checkpoints") if cloud else "")
     if checkpoint:
         s3.parse_s3_uri(checkpoint)
+    tensorboard = options.tensorboard_s3_uri or ""
+    if tensorboard and not cloud:
+        raise LaunchError(
+            "--tensorboard-s3-uri applies to SageMaker jobs only; a local run keeps its event files "
+            "in WORK_DIR/output/tensorboard (tensorboard --logdir WORK_DIR/output/tensorboard)"
+        )
+    if tensorboard:
+        s3.parse_s3_uri(tensorboard)
     return TrainJob(
         name=name,
         image=image,
@@ -156,6 +165,7 @@ def train_job(options: Options, cloud: bool = True, name: str | None = None) -> 
         role=role,
         output_path=out,
         checkpoint_s3_uri=checkpoint,
+        tensorboard_s3_uri=tensorboard,
         spot=options.spot,
         max_wait=max_wait,
         keep_alive=keep_alive,

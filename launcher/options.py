@@ -52,6 +52,9 @@ class Options:
     spot: bool = _opt(False, "use managed spot training (resumes from checkpoints)")
     max_wait: int | None = _opt(None, "spot: max seconds to wait for capacity + run (default 2 x max-run)")
     checkpoint_s3_uri: str | None = _opt(None, "S3 URI synced with /opt/ml/checkpoints (default per job)")
+    tensorboard_s3_uri: str | None = _opt(
+        None, "S3 URI SageMaker syncs the job's TensorBoard event files to while it runs"
+    )
     # Inputs: S3 URIs (or local paths for `local`).
     base_model: str | None = _opt(None, "base model folder (else the job's hub name)")
     peft_checkpoint: str | None = _opt(None, "summarization LoRA adapter folder")

@@ -62,8 +62,12 @@ def check_inputs(aws: Aws, output_uri: str, inputs: dict[str, str]) -> None:
 
 def estimator(job: TrainJob, session, **override):
     """The SDK's Estimator for `job`; `override` replaces arguments (a pipeline's parameters)."""
+    from sagemaker.debugger import TensorBoardOutputConfig
     from sagemaker.estimator import Estimator
 
+    tensorboard = None
+    if job.tensorboard_s3_uri:  # SageMaker syncs the job's TensorBoard folder there while it runs
+        tensorboard = TensorBoardOutputConfig(job.tensorboard_s3_uri, str(CONTAINER.tensorboard))
     arguments = dict(
         image_uri=job.image,
         role=job.role,
@@ -79,6 +83,7 @@ def estimator(job: TrainJob, session, **override):
         keep_alive_period_in_seconds=job.keep_alive,
         hyperparameters=job.hyperparameters,
         metric_definitions=job.metric_definitions,
+        tensorboard_output_config=tensorboard,
         tags=[{"Key": k, "Value": v} for k, v in job.tags.items()] or None,
         environment=job.environment or None,
         base_job_name="detox-train",

@@ -57,6 +57,15 @@ def tiny_trainer(tiny_models, config: TrainConfig, reward_fn=None) -> DetoxTrain
     return DetoxTrainer(config, policy, tokenizer, tiny_splits(config).train, reward_fn)
 
 
+def read_events(folder) -> dict:
+    """Every scalar of the event files under `folder`, by tag, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    reader = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
+    reader.Reload()
+    return {name: reader.Scalars(name) for name in reader.Tags()["scalars"]}
+
+
 class Payload:
     """Runs code when unpickled: what a hostile pytorch_model.bin or checkpoint carries."""
 

@@ -34,19 +34,31 @@ METRIC_NAMES = (
     "time_reward",
     "time_ppo",
     "time_step",
+    "entropy",
+    "policy_clipfrac",
+    "value_clipfrac",
+    "value_error",
+    "ppo_epochs_run",  # PPO epochs done, a fraction when target_kl stopped one part way
+    # Held-out evaluation (eval_every): only on the steps measured, and at step 0.
+    "heldout_toxicity",  # of what the reward reads
+    "heldout_rouge_l",
+    "heldout_kl",  # to the starting summarizer, nats per response
+    "heldout_reward",
+    "time_heldout",
 )
 
 LINE_PREFIX = "[metrics]"
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 
 
-def format_metrics_line(metrics: dict[str, float]) -> str:
+def format_metrics_line(metrics: dict[str, float], note: str = "") -> str:
+    """The scrapeable line; `note` (e.g. the progress) goes after the figures, behind `|`."""
     parts = [LINE_PREFIX]
     for name in METRIC_NAMES:
         if name in metrics:
             value = metrics[name]
             parts.append(f"{name}={int(value)}" if name == "step" else f"{name}={float(value):.6g}")
-    return " ".join(parts)
+    return " ".join(parts) + (f" | {note}" if note else "")
 
 
 def metric_definitions(prefix: str = "train:") -> list[dict[str, str]]:

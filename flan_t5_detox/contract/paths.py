@@ -7,6 +7,7 @@ A training job (`docker run IMAGE train`) sees:
     model/                       -> model.tar.gz
     output/data/                 -> output.tar.gz
     output/failure               first 1024 characters -> FailureReason
+    output/tensorboard/          TensorBoard event files (TensorBoardOutputConfig syncs them to S3)
     checkpoints/                 synced with the job's checkpoint S3 URI
 A processing job (ContainerEntrypoint + ContainerArguments) sees:
     config/processingjobconfig.json, config/resourceconfig.json
@@ -79,6 +80,10 @@ class MlPaths:
     @property
     def output_data_dir(self) -> Path:
         return self.root / "output" / "data"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "output" / "tensorboard"
 
     @property
     def checkpoints(self) -> Path:

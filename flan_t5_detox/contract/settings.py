@@ -50,6 +50,9 @@ class JobSettings:
     reward_model_name: str = DEFAULT_REWARD_MODEL
     reward_label: str = "nothate"  # the rewarded class, chosen by name, never by index
     reward_input: str = setting("response", one_of(REWARD_INPUTS))  # what the reward reads
+    # The class whose probability is the toxicity: the evaluate job's, and the train job's
+    # held-out evaluation's.
+    toxic_label: str = "hate"
 
     # Data (notebook: 200 < len(dialogue) <= 1000, 80/20 split without shuffle).
     input_min_text_length: int = 200
@@ -104,6 +107,19 @@ class TrainConfig(JobSettings):
     checkpoint_every: int = setting(1, at_least(0, "0 = only on SIGTERM and at the end"))
     save_adapter_every: int = setting(0, at_least(0, "0 = never"))  # kept in model/steps/<n>/
     max_kl: float = setting(100.0, above(0))  # abort (reporting the last good step) above this mean KL
+    # trl's early_stopping: a step's PPO epochs stop after the first mini-batch whose policy KL
+    # exceeds 1.5 x target_kl.
+    target_kl: float = setting(0.0, at_least(0, "0 = never stop early"))
+
+    # Held-out evaluation while training: the last `eval_samples` prompts of the training split
+    # are held out of training (never the evaluate job's test split) and measured with the
+    # evaluate job's code at step 0, every `eval_every` steps and at the last step.
+    eval_every: int = setting(0, at_least(0, "0 = never"))
+    eval_samples: int = setting(0, at_least(0, "0 = none held out"))
+    # keep_best: model/ holds the adapter of the best evaluated step (see `ml.heldout.BestRule`),
+    # among those whose held-out ROUGE-L is at most `max_rouge_drop` below the start's.
+    keep_best: bool = False
+    max_rouge_drop: float = setting(0.02, at_least(0))
 
     # Data parallel (one process per host unless told otherwise; see contract/cluster.py).
     processes_per_host: int = setting(1, at_least(1))
@@ -124,12 +140,18 @@ class TrainConfig(JobSettings):
             problems.append(
                 f"peft_checkpoint_s3_uri must start with s3://, got {self.peft_checkpoint_s3_uri!r}"
             )
+        if self.eval_every and self.eval_samples < 2:
+            problems.append(
+                f"eval_every={self.eval_every} needs eval_samples >= 2 (the prompts held out of "
+                f"training to measure), got {self.eval_samples}"
+            )
+        if self.keep_best and not self.eval_every:
+            problems.append("keep_best needs eval_every > 0: the best step is chosen by held-out evaluation")
         return problems
 
 
 @dataclass(kw_only=True)
 class EvalConfig(JobSettings):
-    toxic_label: str = "hate"  # the class whose probability is the toxicity
     num_samples: int = setting(500, at_least(0, "0 = the whole test split"))
     # Summaries drawn per test dialogue, each from its own random stream (the field's protocol
     # draws 25; the README gives the cost of each extra sample).
@@ -151,6 +173,80 @@ class EvalConfig(JobSettings):
         if not self.judge_label:
             problems.append("judge_label must name the judge's toxic class")
         return problems
+
+
+def heldout_settings(config: TrainConfig) -> EvalConfig:
+    """The evaluate job's settings for the train job's held-out evaluation: the shared part as the
+    train job has it, one sample per prompt (a measurement every few steps, not the verdict),
+    responses of up to `output_max_length` tokens, the train job's `generation_batch_size` (0: its
+    `batch_size`). Raises `JobInputError` as `validate` does."""
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(JobSettings)}
+    settings = EvalConfig(
+        **shared,
+        num_samples=config.eval_samples,
+        samples_per_prompt=1,
+        max_new_tokens=config.output_max_length,
+        generation_batch_size=config.generation_batch_size or config.batch_size,
+    )
+    validate(settings)
+    return settings
+
+
+# Settings a resumed run may change: how long it runs, how often it writes or measures, on how
+# many processes and threads, and when it gives up. They do not change what a step computes
+# (responses do not depend on the generation batches or the world size). Every other TrainConfig
+# field defines the run: a checkpoint records them, and a restart with other values fails.
+CHANGEABLE_ON_RESUME = (
+    "max_ppo_steps",
+    "checkpoint_every",
+    "save_adapter_every",
+    "eval_every",
+    "generation_batch_size",
+    "num_threads",
+    "processes_per_host",
+    "collective_timeout",
+    "max_kl",
+)
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    name: str
+    recorded: object  # the checkpoint's value
+    now: object  # this run's
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.recorded!r} -> {self.now!r}"
+
+
+def resume_changes(recorded: dict[str, object], config: TrainConfig) -> list[SettingChange]:
+    """Every TrainConfig field whose value differs from the one a checkpoint recorded. A field
+    the checkpoint does not know (added since) counts as recorded at its default."""
+    changes = []
+    for f in dataclasses.fields(TrainConfig):
+        now = getattr(config, f.name)
+        before = recorded.get(f.name, f.default)
+        if before != now:
+            changes.append(SettingChange(f.name, before, now))
+    return changes
+
+
+def check_resume(recorded: dict[str, object], config: TrainConfig, where: str) -> list[SettingChange]:
+    """Refuse to continue a run under settings that define another run (a `JobInputError` naming
+    each difference and the fix); returns the changes a resume may make (`CHANGEABLE_ON_RESUME`)."""
+    changes = resume_changes(recorded, config)
+    defining = [c for c in changes if c.name not in CHANGEABLE_ON_RESUME]
+    if defining:
+        raise JobInputError(
+            f"the checkpoints in {where} belong to a run with other settings: "
+            + "; ".join(f"{c.name} was {c.recorded!r}, now {c.now!r}" for c in defining)
+            + ". Set "
+            + ("it" if len(defining) == 1 else "them")
+            + " back to continue that run, or give this run an empty checkpoint folder (another "
+            "checkpoint S3 URI) to start a new one. A resume may change only: "
+            + ", ".join(CHANGEABLE_ON_RESUME)
+        )
+    return changes
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -156,6 +156,17 @@ class Provenance:
 
 
 @dataclass
+class ChosenStep:
+    """keep_best: why `model/` holds the adapter of step `step` rather than of the last step."""
+
+    step: int
+    rule: str  # the rule that chose it, in words
+    figures: dict[str, float]  # its held-out figures (heldout_*)
+    start: dict[str, float]  # the starting summarizer's, which the rule compares with
+    last_step: int  # the run's last step; its adapter is in steps/<last_step>/
+
+
+@dataclass
 class AdapterInfo:
     """What `model/` holds, written next to the adapter as adapter_info.json."""
 
@@ -164,7 +175,8 @@ class AdapterInfo:
     reward_model: str
     reward_label: str
     rank: int
-    ppo_steps: int
+    ppo_steps: int  # the PPO steps the adapter had (the chosen step, with keep_best)
+    chosen: ChosenStep | None = None
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -176,13 +188,18 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_adapter(
-    out_dir: Path, policy, summarization_dir: Path, provenance: Provenance, ppo_steps: int
+    out_dir: Path,
+    policy,
+    summarization_dir: Path,
+    provenance: Provenance,
+    ppo_steps: int,
+    chosen: ChosenStep | None = None,
 ) -> AdapterInfo:
     """The combined adapter (PEFT format) and its adapter_info.json: a loadable adapter."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config, weights = combined_adapter(summarization_dir, policy.pretrained_model)
-    info = AdapterInfo(**asdict(provenance), rank=config.r, ppo_steps=ppo_steps)
+    info = AdapterInfo(**asdict(provenance), rank=config.r, ppo_steps=ppo_steps, chosen=chosen)
     config.save_pretrained(str(out_dir))
     save_tensors(weights, out_dir / ADAPTER_WEIGHTS)
     (out_dir / ADAPTER_INFO).write_text(json.dumps(asdict(info), indent=2))
@@ -190,10 +207,16 @@ def save_adapter(
 
 
 def save_detox_model(
-    out_dir: Path, policy, tokenizer, summarization_dir: Path, provenance: Provenance, ppo_steps: int
+    out_dir: Path,
+    policy,
+    tokenizer,
+    summarization_dir: Path,
+    provenance: Provenance,
+    ppo_steps: int,
+    chosen: ChosenStep | None = None,
 ) -> AdapterInfo:
     """Write model/: the combined adapter, value head, tokenizer, info and README."""
-    info = save_adapter(out_dir, policy, summarization_dir, provenance, ppo_steps)
+    info = save_adapter(out_dir, policy, summarization_dir, provenance, ppo_steps, chosen)
     save_tensors({k: v.float() for k, v in policy.v_head.state_dict().items()}, out_dir / VALUE_HEAD_WEIGHTS)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "README.md").write_text(MODEL_README.format(base=info.base_model, rank=info.rank))
@@ -208,15 +231,20 @@ def publish_detox_model(
     provenance: Provenance,
     ppo_steps: int,
     kept_in: Path,
+    chosen: ChosenStep | None = None,
 ) -> AdapterInfo:
     """Write model/ whole or not at all: the detoxified adapter and the adapters kept at steps up
     to `ppo_steps` (found under `kept_in`, the checkpoints folder), staged inside it (so each move
-    is a rename, even where model/ is a file system of its own), published."""
+    is a rename, even where model/ is a file system of its own), published. With `chosen`
+    (keep_best), the policy holds the weights of step `chosen.step`."""
     Path(model_dir).mkdir(parents=True, exist_ok=True)
+    adapter_step = chosen.step if chosen else ppo_steps
     with writing("the trained model", Path(model_dir)):
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
-            info = save_detox_model(staging, policy, tokenizer, summarization_dir, provenance, ppo_steps)
+            info = save_detox_model(
+                staging, policy, tokenizer, summarization_dir, provenance, adapter_step, chosen
+            )
             for step, folder in step_adapters(kept_in).items():
                 if step <= ppo_steps:
                     shutil.copytree(folder, staging / STEPS_DIR / str(step))
@@ -239,18 +267,22 @@ class AdapterKeeper:
 
     def __call__(self, step: int) -> None:
         if self.every and step % self.every == 0:
-            target = Path(self.folder) / STEPS_DIR / str(step)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Staged and renamed: `step_adapters` never lists half an adapter.
-            with writing(f"the adapter kept at step {step}", target):
-                staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-                try:
-                    save_adapter(staging, self.policy, self.summarization_dir, self.provenance, step)
-                except OSError:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+            self.save(step)
+
+    def save(self, step: int) -> None:
+        """The policy's adapter as that of `step`, whatever the cadence."""
+        target = Path(self.folder) / STEPS_DIR / str(step)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Staged and renamed: `step_adapters` never lists half an adapter.
+        with writing(f"the adapter kept at step {step}", target):
+            staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+            try:
+                save_adapter(staging, self.policy, self.summarization_dir, self.provenance, step)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
 
 
 def read_adapter_info(folder: Path) -> dict | None:
@@ -288,6 +320,7 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 ```
 
 `value_head.bin` is PPO's value head (only needed to continue PPO training);
-`adapter_info.json` records the base model, starting adapter, steps and reward model.
-`steps/<n>/`, when present, holds the same kind of adapter after PPO step n.
+`adapter_info.json` records the base model, starting adapter, steps and reward model, and,
+when the training kept its best step (`keep_best`), which step this is, by what rule and its
+held-out figures. `steps/<n>/`, when present, holds the same kind of adapter after PPO step n.
 """

@@ -1,8 +1,10 @@
 """Atomic training checkpoints: what a restarted job needs to continue exactly.
 
 A checkpoint is a folder `step-000012/` holding `state.pt` (trainable weights,
-optimizer, KL coefficient, step, RNG states, and the metrics of every step so far) written
-under a temporary name and renamed into place, so a reader never sees half of one. A job
+optimizer, KL coefficient, step, RNG states, the metrics of every step so far, the run's
+settings, and keep_best's step and weights) and `settings.json` (the settings again, readable
+before anything heavy loads), written under a temporary name and renamed into place, so a
+reader never sees half of one. A job
 restarted on a fresh instance gets back only the checkpoints, so they carry everything the
 outputs are built from. Only tensors and a JSON string are stored, so loading uses
 `torch.load(weights_only=True)`.
@@ -21,7 +23,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ from flan_t5_detox.ml.loading import DamagedFile, UnsafeFile, load_tensors
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+SETTINGS_FILE = "settings.json"  # the run's settings, readable before anything heavy loads
 PREFIX = "step-"
 
 
@@ -45,6 +48,11 @@ class Snapshot:
     optimizer: dict
     rng: dict
     history: list[dict]  # the metrics of steps 1..step
+    # With defaults, so checkpoints written before these existed still load.
+    settings: dict = field(default_factory=dict)  # the run's TrainConfig (`settings.check_resume`)
+    heldout_start: dict = field(default_factory=dict)  # the starting summarizer's held-out figures
+    best_step: int = 0  # keep_best: the best evaluated step so far (0: none yet)
+    best_trainable: dict = field(default_factory=dict)  # its trainable weights
 
     def to_dict(self) -> dict:
         """The fields by name, values shared (not copied): what `Snapshot(**d)` takes back."""
@@ -143,6 +151,8 @@ def write(directory: Path, snapshot: Snapshot, keep: int = KEEP) -> Path:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            if snapshot.settings:
+                (tmp / SETTINGS_FILE).write_text(json.dumps(snapshot.settings, indent=2, sort_keys=True))
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # the older checkpoints are untouched
             raise
@@ -219,13 +229,32 @@ def latest(directory: Path) -> Snapshot | None:
     return None
 
 
-def restore(snapshot: Snapshot, model, optimizer, length_sampler_rng) -> None:
+def recorded_settings(directory: Path) -> tuple[Path, dict] | None:
+    """The settings the newest checkpoint that recorded them was written with, and its folder;
+    None when there is none (no checkpoint, or only ones from before settings were recorded).
+    Every checkpoint of a run records the same, so a damaged state.pt beside them does not matter."""
+    for folder in sorted(Path(directory).glob(f"{PREFIX}*"), reverse=True):
+        try:
+            settings = json.loads((folder / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(settings, dict):
+            return folder, settings
+    return None
+
+
+def load_trainable(model, trainable: dict[str, torch.Tensor]) -> None:
+    """Copy a snapshot's trainable weights into `model`."""
     params = dict(model.named_parameters())
-    missing = set(snapshot.trainable) - set(params)
+    missing = set(trainable) - set(params)
     if missing:
         raise ValueError(f"checkpoint does not match the model: unknown parameters {sorted(missing)[:3]}")
     with torch.no_grad():
-        for name, value in snapshot.trainable.items():
+        for name, value in trainable.items():
             params[name].copy_(value)
+
+
+def restore(snapshot: Snapshot, model, optimizer, length_sampler_rng) -> None:
+    load_trainable(model, snapshot.trainable)
     optimizer.load_state_dict(snapshot.optimizer)
     restore_rng(snapshot.rng, length_sampler_rng)

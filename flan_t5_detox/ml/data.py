@@ -156,8 +156,23 @@ def load_splits(channel: Path | None, settings: TrainConfig | EvalConfig) -> Spl
     )
 
 
-def training_prompts(channel: Path | None, config: TrainConfig) -> list[Example]:
-    """The training split, checked to hold at least one batch of `config.batch_size`."""
-    train = load_splits(channel, config).train
-    BatchOrder(len(train), config.batch_size, config.seed)
-    return train
+@dataclass
+class TrainingPrompts:
+    train: list[Example]  # what PPO trains on
+    validation: list[Example]  # held out of training for the held-out evaluation (`eval_samples`)
+
+
+def training_prompts(channel: Path | None, config: TrainConfig) -> TrainingPrompts:
+    """The training split, its last `config.eval_samples` prompts held out as the validation part
+    (the evaluate job's test split is never touched), the rest checked to hold at least one batch
+    of `config.batch_size`."""
+    split = load_splits(channel, config).train
+    held = config.eval_samples
+    if held and held >= len(split):
+        raise JobInputError(
+            f"eval_samples={held} would hold out the whole training split of {len(split)} prompts; "
+            "lower eval_samples or supply more data"
+        )
+    prompts = TrainingPrompts(split[: len(split) - held], split[len(split) - held :])
+    BatchOrder(len(prompts.train), config.batch_size, config.seed)
+    return prompts

@@ -9,6 +9,7 @@ summarizer, so the KL penalty pulls toward the model we started from. The trl si
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from flan_t5_detox.ml.generation import (
     run_encoder,
     stream_seed,
 )
+from flan_t5_detox.ml.heldout import HeldOut
 from flan_t5_detox.ml.minibatches import StepPlan
 from flan_t5_detox.ml.rewards import RewardFn
 from flan_t5_detox.ml.trl_trainer import TrimmedPPOTrainer, ppo_config
@@ -79,7 +81,8 @@ class PhaseTimes:
 
 class DetoxTrainer:
     """Owns the trl trainer, the data order, the length sampler, the metrics history and the last
-    good snapshot."""
+    good snapshot; with `heldout`, measures the held-out prompts at step 0, every `eval_every`
+    steps and at `max_ppo_steps`, into the step's metrics."""
 
     def __init__(
         self,
@@ -89,8 +92,11 @@ class DetoxTrainer:
         prompts: list[Example],
         reward_fn: RewardFn,
         world: World = World(),
+        heldout: HeldOut | None = None,
     ):
         self.config = config
+        self.heldout = heldout
+        self.heldout_start: dict[str, float] = {}  # the starting summarizer's held-out figures
         self.policy = policy  # the model itself; `self.trl.model` is it wrapped for DDP
         self.tokenizer = tokenizer
         self.reward_fn = reward_fn
@@ -112,16 +118,45 @@ class DetoxTrainer:
 
     # -- state -------------------------------------------------------------
     def snapshot(self) -> checkpoint.Snapshot:
-        return checkpoint.take_snapshot(
+        snap = checkpoint.take_snapshot(
             self.step, self.trl.kl_ctl.value, self.policy, self.trl.optimizer, self.lengths.rng, self.history
         )
+        settings, start = dataclasses.asdict(self.config), dict(self.heldout_start)
+        return dataclasses.replace(snap, settings=settings, heldout_start=start)
 
     def restore(self, snap: checkpoint.Snapshot) -> None:
         checkpoint.restore(snap, self.policy, self.trl.optimizer, self.lengths.rng)
         self.trl.kl_ctl.value = snap.kl_coef
         self.step = snap.step
         self.history = [dict(h) for h in snap.history]
+        self.heldout_start = dict(snap.heldout_start)
         self.last_good = snap
+
+    # -- held-out evaluation -------------------------------------------------
+    def start_figures(self) -> dict[str, float]:
+        """The starting summarizer's held-out figures (measured once, before the first update,
+        then carried by the snapshots), as a step-0 metrics record; {} without held-out prompts."""
+        if self.heldout is None:
+            return {}
+        if not self.heldout_start:
+            if self.step:
+                return {}  # resumed from a checkpoint older than held-out evaluation
+            # Before any update the trained LoRA adds exact zeros: this is the starting summarizer.
+            self.heldout_start = self.measure_heldout()
+            self.last_good = self.snapshot()
+        return {"step": 0, **self.heldout_start}
+
+    def heldout_due(self) -> bool:
+        every = self.config.eval_every
+        return (
+            self.heldout is not None
+            and bool(every)
+            and (self.step % every == 0 or self.step == self.config.max_ppo_steps)
+        )
+
+    def measure_heldout(self) -> dict[str, float]:
+        self.policy.eval()
+        return self.heldout.measure(self.policy, self.tokenizer, self.trl, self.world)
 
     # -- one step ----------------------------------------------------------
     def run_step(self) -> StepResult:
@@ -137,7 +172,11 @@ class DetoxTrainer:
             stats = self.ppo_update(rollout, scores)
         self.check_kl(stats["objective/kl"])
         self.step += 1
-        metrics = self.log(rollout, scores, stats, times)
+        heldout = {}
+        if self.heldout_due():
+            with times.phase("heldout"):
+                heldout = self.measure_heldout()
+        metrics = self.log(rollout, scores, stats, times, heldout)
         self.last_good = self.snapshot()
         return StepResult(metrics, rollout.query_texts, rollout.response_texts)
 
@@ -187,8 +226,11 @@ class DetoxTrainer:
                 f"mean KL {kl:.3g} exceeded max_kl={self.config.max_kl} at step {self.step + 1}"
             )
 
-    def log(self, rollout: Rollout, scores: torch.Tensor, stats: dict, times: PhaseTimes) -> dict:
-        """The finished step's metrics over the global batch, added to the history."""
+    def log(
+        self, rollout: Rollout, scores: torch.Tensor, stats: dict, times: PhaseTimes, heldout: dict
+    ) -> dict:
+        """The finished step's metrics over the global batch (and its held-out figures, if it
+        was measured), added to the history."""
         all_scores, all_lengths = self.gather_rows(
             torch.stack([scores, response_lengths(rollout.responses)], 1)
         )
@@ -204,6 +246,12 @@ class DetoxTrainer:
             "value_loss": stats["loss/value"],
             "response_length_mean": float(all_lengths.mean()),
             **times.slowest(self.world),
+            "entropy": stats["policy/entropy"],
+            "policy_clipfrac": stats["policy/clipfrac"],
+            "value_clipfrac": stats["val/clipfrac"],
+            "value_error": stats["val/error"],
+            "ppo_epochs_run": stats["ppo/epochs"],
+            **heldout,
         }
         self.history.append(metrics)
         return metrics

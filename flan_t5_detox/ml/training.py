@@ -1,9 +1,11 @@
-"""Running PPO steps to the end: resume from the newest checkpoint, log each step's metrics,
-checkpoint on a cadence, and turn SIGTERM (job stop, spot interruption) into a checkpoint of
-the last finished step."""
+"""Running PPO steps to the end: resume from the newest checkpoint, log each step's metrics (the
+metrics line with the progress, metrics.jsonl, TensorBoard), keep the best evaluated step
+(`keep_best`), checkpoint on a cadence, and turn SIGTERM (job stop, spot interruption) into a
+checkpoint of the last finished step."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -11,8 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from flan_t5_detox.contract.metrics import MetricsLog, format_metrics_line
+from flan_t5_detox.contract.progress import Progress
 from flan_t5_detox.ml import checkpoint
+from flan_t5_detox.ml.events import EventLog
+from flan_t5_detox.ml.heldout import BestRule
 from flan_t5_detox.ml.ppo import DetoxTrainer, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -40,13 +47,26 @@ class SigtermGuard:
 
 
 @dataclass
+class Best:
+    """keep_best's choice so far: an evaluated step and its trainable weights."""
+
+    step: int
+    trainable: dict[str, torch.Tensor]
+
+
+@dataclass
 class RunOutcome:
     steps: int  # PPO steps finished, this run and earlier ones
     preempted: bool  # stopped by SIGTERM; the last finished step is checkpointed
+    best: Best | None = None  # keep_best: the step `best_rule` chose, on rank 0
+    start: dict = dataclasses.field(default_factory=dict)  # the step-0 held-out figures, if measured
 
 
 class TrainingRun:
-    """A DetoxTrainer driven to `max_steps`, its state kept in `checkpoint_dir`."""
+    """A DetoxTrainer driven to `max_steps`, its state kept in `checkpoint_dir`.
+
+    `after_step` is called with the step number once a step has finished; `events`, the folder of
+    the TensorBoard event files; `best_rule`, keep_best's rule. Rank 0 alone writes and keeps."""
 
     def __init__(
         self,
@@ -55,10 +75,14 @@ class TrainingRun:
         metrics: MetricsLog,
         checkpoint_every: int,
         after_step: Callable[[int], None] | None = None,
+        events: Path | None = None,
+        best_rule: BestRule | None = None,
     ):
         self.trainer, self.checkpoint_dir = trainer, Path(checkpoint_dir)
         self.metrics, self.checkpoint_every = metrics, checkpoint_every
-        self.after_step = after_step  # called with the step number once a step has finished
+        self.after_step = after_step
+        self.events_dir, self.events = events, None
+        self.best_rule, self.best = best_rule, None
 
     def resume(self) -> int:
         """Continue from the newest checkpoint, if any; returns the step it starts after.
@@ -73,21 +97,53 @@ class TrainingRun:
         if shared is not None:
             snapshot = checkpoint.from_bytes(shared) if snapshot is None else snapshot
             self.trainer.restore(snapshot)
+            if snapshot.best_step:
+                self.best = Best(snapshot.best_step, snapshot.best_trainable)
             log.info("resumed from checkpoint at step %d", snapshot.step)
         if world.is_main:
             self.metrics.rewrite(self.trainer.history)
         return self.trainer.step
 
     def _checkpoint(self) -> Path | None:
-        """The last finished step, written by rank 0 (the other ranks hold the same state)."""
-        if self.trainer.world.is_main:
-            return checkpoint.write(self.checkpoint_dir, self.trainer.last_good)
-        return None
+        """The last finished step and the best so far, written by rank 0 (the other ranks hold
+        the same state)."""
+        if not self.trainer.world.is_main:
+            return None
+        snapshot = self.trainer.last_good
+        if self.best is not None:
+            snapshot = dataclasses.replace(
+                snapshot, best_step=self.best.step, best_trainable=self.best.trainable
+            )
+        return checkpoint.write(self.checkpoint_dir, snapshot)
+
+    def _open_events(self, start: dict) -> None:
+        """TensorBoard's event log, from the step this run starts after. In an empty folder (a
+        fresh instance given only the checkpoints) the steps done so far are written first."""
+        trainer = self.trainer
+        self.events = EventLog(self.events_dir, trainer.step)
+        if self.events.fresh or not trainer.step:
+            for record in ([start] if start else []) + trainer.history:
+                self.events.write(record)
+
+    def _keep_best(self, start: dict) -> None:
+        """Take the step just finished as the best when the rule now chooses it."""
+        chosen = self.best_rule.choose(self.trainer.history, start)
+        if chosen is not None and chosen["step"] == self.trainer.step:
+            self.best = Best(self.trainer.step, self.trainer.last_good.trainable)
+            log.info("step %d is the best so far by keep_best's rule", self.trainer.step)
 
     def run(self, max_steps: int) -> RunOutcome:
         from tqdm import tqdm
 
         trainer, main = self.trainer, self.trainer.world.is_main
+        start = trainer.start_figures()  # the step-0 held-out figures ({} without): every rank measures
+        if main and start and not trainer.step:
+            print(format_metrics_line(start), flush=True)
+        if main and self.events_dir is not None:
+            self._open_events(start)
+        if self.best_rule is not None and not start:
+            log.warning("keep_best: the starting summarizer was never measured; model/ gets the last step")
+        progress = Progress(max_steps, "step", first=trainer.step)
         with SigtermGuard():
             try:
                 with tqdm(
@@ -99,7 +155,11 @@ class TrainingRun:
                         if not main:
                             continue
                         self.metrics.append(result.metrics)
-                        print(format_metrics_line(result.metrics), flush=True)
+                        print(format_metrics_line(result.metrics, progress.done(trainer.step)), flush=True)
+                        if self.events is not None:
+                            self.events.write(result.metrics)
+                        if self.best_rule is not None and start:
+                            self._keep_best(start)
                         if self.after_step is not None:
                             self.after_step(trainer.step)
                         if self.checkpoint_every and trainer.step % self.checkpoint_every == 0:
@@ -121,8 +181,11 @@ class TrainingRun:
                     f"{trainer.step + 1} ({str(exc).splitlines()[0]}); step {trainer.last_good.step} "
                     "is checkpointed, and a rerun resumes from it on any number of instances"
                 ) from exc
+            finally:
+                if self.events is not None:
+                    self.events.close()
         self._checkpoint()
-        return RunOutcome(trainer.step, preempted=False)
+        return RunOutcome(trainer.step, preempted=False, best=self.best, start=start)
 
 
 class PeerLost(RuntimeError):

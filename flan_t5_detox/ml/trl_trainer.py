@@ -38,6 +38,8 @@ def ppo_config(config: TrainConfig, world: World = World()) -> PPOConfig:
         gamma=config.gamma,
         lam=config.lam,
         max_grad_norm=config.max_grad_norm or None,
+        early_stopping=config.target_kl > 0,
+        target_kl=config.target_kl,
         seed=config.seed,
         optimize_cuda_cache=False,
     )
@@ -150,19 +152,22 @@ class TrimmedPPOTrainer(PPOTrainer):
         through `train_minibatch`, the KL controller) on this process's rows, with statistics over
         the global batch. `epochs`: for each PPO epoch, the rows of each of its mini-batches (see
         `minibatches.StepPlan`). trl's own `step` draws its mini-batches from torch's global
-        generator and, on CPUs, reduces nothing across processes."""
+        generator and, on CPUs, reduces nothing across processes.
+
+        With trl's `early_stopping`, the updates stop after the first mini-batch whose policy KL
+        exceeds 1.5 x `target_kl`, as trl's `step` does; that statistic is already the global
+        mini-batch's, so every process stops at the same one. `ppo/epochs` says how many epochs
+        ran: mini-batch updates done over mini-batches per epoch."""
         inputs = self.prepare_model_inputs(queries, responses)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        with torch.no_grad():
-            logprobs, _, values, masks = self.batched_forward_pass(self.model, queries, responses, inputs)
-            with unwrapped.pretrained_model.disable_adapter():
-                ref_logprobs, _, _, _ = self.batched_forward_pass(self.model, queries, responses, inputs)
+        logprobs, values, masks, ref_logprobs = self.scoring_passes(self.model, queries, responses, inputs)
         kl_coef = self.kl_ctl.value
         rewards, _ = self.compute_rewards(list(scores), logprobs, ref_logprobs, masks)
         logprobs, values = logprobs.float(), values.float()
 
-        stats = []
+        stats, stopped = [], False
         for minibatches in epochs:
+            if stopped:
+                break
             for rows in minibatches:
                 part = {name: tensor[rows] for name, tensor in inputs.items()}
                 new_logprobs, entropy, vpreds, _ = self.batched_forward_pass(
@@ -179,6 +184,9 @@ class TrimmedPPOTrainer(PPOTrainer):
                         masks[rows],
                     )
                 )
+                stopped = self.stops_early(stats[-1])
+                if stopped:
+                    break
         global_rows = len(queries) * self.world.size
         kl = float(self.world.sum(((logprobs - ref_logprobs) * masks).sum())) / global_rows
         self.kl_ctl.update(kl, global_rows)
@@ -187,7 +195,35 @@ class TrimmedPPOTrainer(PPOTrainer):
             for name, value in stats[0].items()
             if value.numel() == 1
         }
-        return {"objective/kl": kl, "objective/kl_coef": kl_coef, **means}
+        epochs_run = len(stats) / len(epochs[0])
+        return {"objective/kl": kl, "objective/kl_coef": kl_coef, "ppo/epochs": epochs_run, **means}
+
+    def stops_early(self, minibatch_stats: dict[str, torch.Tensor]) -> bool:
+        """trl's `early_stopping` rule, on one mini-batch's (global) statistics."""
+        policy_kl = float(minibatch_stats["policy/policykl"])
+        return bool(self.config.early_stopping) and policy_kl > 1.5 * self.config.target_kl
+
+    def scoring_passes(self, model, queries: list[torch.Tensor], responses: list[torch.Tensor], inputs):
+        """trl's no-grad passes before an update: the policy's log-probs, values and masks, and the
+        reference's log-probs (the policy with its trained adapter off: the starting summarizer)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad():
+            logprobs, _, values, masks = self.batched_forward_pass(model, queries, responses, inputs)
+            with unwrapped.pretrained_model.disable_adapter():
+                ref_logprobs, _, _, _ = self.batched_forward_pass(model, queries, responses, inputs)
+        return logprobs, values, masks, ref_logprobs
+
+    def response_kl(self, model, queries: list[torch.Tensor], responses: list[torch.Tensor]) -> torch.Tensor:
+        """Each response's KL to the reference (log-ratio summed over its tokens, as the PPO
+        step's `objective/kl` counts them), for responses `model` sampled."""
+        inputs = self.prepare_model_inputs(queries, responses)
+        logprobs, _, masks, ref_logprobs = self.scoring_passes(model, queries, responses, inputs)
+        return sequence_kl(logprobs, ref_logprobs, masks)
+
+
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per row, the sum over its counted tokens of log p - log p_ref: trl's KL estimate."""
+    return ((logprobs - ref_logprobs) * masks).sum(1)
 
 
 def length_groups(

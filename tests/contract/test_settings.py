@@ -5,12 +5,15 @@ import pytest
 from flan_t5_detox.contract.environment import decode_hyperparameters
 from flan_t5_detox.contract.failure import JobInputError
 from flan_t5_detox.contract.settings import (
+    CHANGEABLE_ON_RESUME,
     EvalConfig,
     JobSettings,
     TrainConfig,
+    check_resume,
     did_you_mean,
     encode_hyperparameters,
     field_types,
+    heldout_settings,
     parse_settings,
 )
 
@@ -65,6 +68,10 @@ def test_raw_and_json_encoded_strings_both_parse():
         ({"min_length": 3, "output_min_length": 3}, "min_length must be >= 4: trl's PPO step"),
         ({"input_min_text_length": 1000}, "input_min_text_length must be smaller"),
         ({"collective_timeout": 0}, "collective_timeout must be > 0, got 0.0"),
+        ({"eval_every": 4}, "eval_every=4 needs eval_samples >= 2"),
+        ({"keep_best": True}, "keep_best needs eval_every > 0"),
+        ({"target_kl": -0.1}, r"target_kl must be >= 0, got -0.1 \(0 = never stop early\)"),
+        ({"max_rouge_drop": -0.01}, "max_rouge_drop must be >= 0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_reason(values, message):
@@ -84,13 +91,13 @@ def test_eval_settings_validate_too():
 
 def test_the_shared_part_is_one_set_of_fields_in_both_jobs():
     shared = field_types(JobSettings)
-    assert len(shared) == 15
+    assert len(shared) == 16
     for cls in (TrainConfig, EvalConfig):
         assert {name: field_types(cls)[name] for name in shared} == shared
         assert all(getattr(cls(), name) == getattr(JobSettings(), name) for name in shared)
     # Each job has its own generation batch: rollouts take the whole PPO batch by default.
     assert (TrainConfig().generation_batch_size, EvalConfig().generation_batch_size) == (0, 16)
-    assert len(field_types(TrainConfig)) == 39 and len(field_types(EvalConfig)) == 25
+    assert len(field_types(TrainConfig)) == 45 and len(field_types(EvalConfig)) == 25
 
 
 def test_the_machine_checks_refuse_or_warn_and_nothing_else():
@@ -158,3 +165,48 @@ def test_samples_per_prompt_is_bounded_and_a_judge_needs_its_label():
             parse_settings(EvalConfig, {"samples_per_prompt": bad})
     with pytest.raises(JobInputError, match="judge_label must name"):
         parse_settings(EvalConfig, {"judge_label": ""})
+
+
+def test_the_held_out_evaluation_runs_under_the_evaluate_jobs_settings_made_from_the_train_jobs():
+    config = parse_settings(
+        TrainConfig,
+        {
+            "eval_every": 2,
+            "eval_samples": 8,
+            "seed": 7,
+            "top_p": 0.9,
+            "output_min_length": 40,
+            "output_max_length": 60,
+            "batch_size": 8,
+        },
+    )
+    settings = heldout_settings(config)
+    assert isinstance(settings, EvalConfig)
+    assert all(getattr(settings, f.name) == getattr(config, f.name) for f in dataclasses.fields(JobSettings))
+    assert (settings.num_samples, settings.max_new_tokens, settings.generation_batch_size) == (8, 60, 8)
+    assert settings.samples_per_prompt == 1
+    with pytest.raises(JobInputError, match="reward_label and toxic_label must name different classes"):
+        heldout_settings(dataclasses.replace(config, toxic_label="nothate"))
+
+
+def test_a_resume_refuses_settings_that_define_another_run_and_names_each_with_the_fix():
+    recorded = dataclasses.asdict(TrainConfig(batch_size=16, seed=42))
+    with pytest.raises(JobInputError) as caught:
+        check_resume(recorded, TrainConfig(batch_size=32, seed=1, max_ppo_steps=20), "/opt/ml/checkpoints")
+    message = str(caught.value)
+    assert "batch_size was 16, now 32" in message and "seed was 42, now 1" in message
+    assert "max_ppo_steps" not in message.split("A resume may change only")[0]  # allowed: not a problem
+    assert "Set them back to continue that run, or give this run an empty checkpoint folder" in message
+    assert message.endswith(", ".join(CHANGEABLE_ON_RESUME))
+
+
+def test_a_resume_may_change_the_listed_settings_and_says_which_changed():
+    recorded = dataclasses.asdict(TrainConfig())
+    changes = check_resume(recorded, TrainConfig(max_ppo_steps=20, num_threads=2), "ckpt")
+    assert [str(c) for c in changes] == ["num_threads 0 -> 2", "max_ppo_steps 10 -> 20"]
+    assert check_resume(recorded, TrainConfig(), "ckpt") == []
+    # A setting added since the checkpoint was written counts as recorded at its default.
+    del recorded["target_kl"]
+    assert check_resume(recorded, TrainConfig(), "ckpt") == []
+    with pytest.raises(JobInputError, match="target_kl was 0.0, now 0.5"):
+        check_resume(recorded, TrainConfig(target_kl=0.5), "ckpt")

@@ -12,6 +12,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM
 
+from flan_t5_detox.contract.memory import MARKER
 from flan_t5_detox.contract.metrics import METRIC_NAMES
 from flan_t5_detox.ml import checkpoint
 from tests.servers import free_port
@@ -21,6 +22,8 @@ HOSTS = ("algo-1", "algo-2")
 # Every global figure of a step but its step number and timings (those differ run to run).
 FIGURES = tuple(name for name in METRIC_NAMES if name != "step" and not name.startswith("time_"))
 SETTINGS = dict(max_ppo_steps=4, batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3)
+# Held-out evaluation at steps 0, 2 and 4, in generation batches of 4: one per rank of two.
+HELDOUT = dict(eval_every=2, eval_samples=8, generation_batch_size=4)
 
 
 def _start(root, port, **env):
@@ -46,28 +49,31 @@ def _metrics(root):
 
 
 def _figures(rows):
-    return [row[k] for row in rows for k in FIGURES]
+    return [row[k] for row in rows for k in FIGURES if k in row]  # held-out ones: measured steps only
 
 
 def _assert_same_run(got, expected):
     assert [r["step"] for r in got] == [r["step"] for r in expected]
+    assert [sorted(r) for r in got] == [sorted(r) for r in expected]  # the same figures measured
     # Float tolerance: the ranks sum in another order, and the difference grows step by step.
     assert _figures(got) == pytest.approx(_figures(expected), rel=1e-3, abs=1e-5)
 
 
 def test_two_hosts_train_exactly_as_one_host_with_the_same_global_batch(train_layout, tiny_models):
-    one = train_layout("one", **SETTINGS)
+    one = train_layout("one", **SETTINGS, **HELDOUT)
     alone = subprocess.run([*TRAIN, "--ml-root", str(one)], capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-2000:]
 
     port = free_port()
-    first, second = _hosts(train_layout, "two", **SETTINGS)
+    first, second = _hosts(train_layout, "two", **SETTINGS, **HELDOUT)
     ranks = [_start(first, port), _start(second, port)]
     outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
 
-    # The same global figures, step for step, with 2 ranks of 4 rows as with 1 rank of 8.
+    # The same global figures, step for step, with 2 ranks of 4 rows as with 1 rank of 8; the
+    # held-out figures too, each rank measuring half the prompts.
     _assert_same_run(_metrics(first), _metrics(one))
+    assert [r["step"] for r in _metrics(first) if "heldout_kl" in r] == [2, 4]
     assert "rank 1/2" in outputs[1] and "rank 0/2" in outputs[0]
     summary = json.loads((first / "output" / "data" / "training_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
@@ -76,7 +82,12 @@ def test_two_hosts_train_exactly_as_one_host_with_the_same_global_batch(train_la
     base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model)
     assert PeftModel.from_pretrained(base, first / "model") is not None
     for folder in ("model", "output/data", "checkpoints"):
-        assert not any((second / folder).iterdir()), folder
+        # Every host marks its run in checkpoints/ (`memory.running`); nothing else is written.
+        assert [p.name for p in (second / folder).iterdir() if p.name != MARKER] == [], folder
+    assert any((first / "output" / "tensorboard").iterdir())  # rank 0 alone writes event files
+    assert not (second / "output" / "tensorboard").exists() or not any(
+        (second / "output" / "tensorboard").iterdir()
+    )
     # Only rank 0 prints the metric lines SageMaker's metric definitions read.
     assert outputs[0].count("step=") >= 4 and "step=" not in outputs[1]
 

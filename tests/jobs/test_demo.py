@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from detox_entrypoints import demo
 
+from flan_t5_detox.ml.heldout import BestRule
+
 DEMO = Path(sys.executable).parent / "detox-demo"  # the installed console script
 
 
@@ -50,7 +52,19 @@ def test_demo_command_runs_train_then_evaluate_and_proves_the_effect(tmp_path):
     assert steps == list(range(1, 21))  # the default --steps
     data = json.loads((report_dir / "report.json").read_text())
     assert data["sample_size"] == data["test_split_size"] >= 300  # the whole test split of the shipped sample
-    assert data["models"]["after_adapter"]["info"]["ppo_steps"] == 20
+
+    # keep_best: model/ holds the step the rule chose from the held-out evaluations (steps 0, 4,
+    # ..., 20 on prompts held out of the training split), and the demo says which and why.
+    chosen = json.loads((train_root / "model" / "adapter_info.json").read_text())["chosen"]
+    evaluated = [m for m in metrics if "heldout_toxicity" in m]
+    assert [m["step"] for m in evaluated] == [4, 8, 12, 16, 20] and chosen["last_step"] == 20
+    rule = BestRule(max_rouge_drop=0.02, toxicity="response_toxicity")
+    assert chosen["rule"] == rule.statement()
+    assert rule.choose(metrics, chosen["start"])["step"] == chosen["step"]
+    toxicity_then = chosen["figures"]["heldout_toxicity"]
+    kept_line = f"[demo] kept step {chosen['step']} of 20: held-out toxicity {toxicity_then:.3f}"
+    assert kept_line in result.stdout and chosen["rule"] in result.stdout
+    assert data["models"]["after_adapter"]["info"]["ppo_steps"] == chosen["step"]
     assert data["training"]["step"] == steps
     assert not (out / "train" / "output" / "failure").exists()
     assert not (out / "evaluate" / "output" / "failure").exists()
@@ -89,11 +103,12 @@ def test_demo_command_runs_train_then_evaluate_and_proves_the_effect(tmp_path):
     assert toxic["n"] + clean["n"] == data["sample_size"] and toxic["n"] >= 20
     assert toxic["comparisons"]["judge_response_toxicity"]["ci_high"] < 0
 
-    # The trade-off curve: the start and the adapters kept every 4 steps, the last one included.
+    # The trade-off curve: the start and the adapters kept every 4 steps, the last one included;
+    # its point at the kept step is the evaluation's "after".
     assert [point["step"] for point in data["tradeoff"]] == [0, 4, 8, 12, 16, 20]
     assert sorted(int(p.name) for p in (train_root / "model" / "steps").iterdir()) == [4, 8, 12, 16, 20]
-    final = data["tradeoff"][-1]
-    assert final["toxicity"]["mean"] == pytest.approx(toxicity["after"]["mean"])
+    kept = next(point for point in data["tradeoff"] if point["step"] == chosen["step"])
+    assert kept["toxicity"]["mean"] == pytest.approx(toxicity["after"]["mean"])
     assert "[metrics] step=20" in result.stdout
 
 

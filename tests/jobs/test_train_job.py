@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from flan_t5_detox.contract.metrics import metric_definitions
 from flan_t5_detox.ml import checkpoint
-from tests.helpers import Payload, plant_payload
+from tests.helpers import Payload, plant_payload, read_events
 from tests.servers import ISOLATION, aws_env, s3_test_client
 
 TRAIN = [sys.executable, "-m", "detox_entrypoints.train"]
@@ -26,7 +27,8 @@ def _run(root, timeout=300):
 
 
 def test_end_to_end_run_writes_every_output(train_layout, tiny_models):
-    root = train_layout(max_ppo_steps=3)
+    # Held-out evaluation at steps 0, 2 and 3 (the last), every adapter kept, the best in model/.
+    root = train_layout(max_ppo_steps=3, eval_every=2, eval_samples=8, keep_best=True, save_adapter_every=1)
     started = time.perf_counter()
     result = _run(root)
     print(f"tiny end-to-end train job: {time.perf_counter() - started:.1f}s")
@@ -64,6 +66,27 @@ def test_end_to_end_run_writes_every_output(train_layout, tiny_models):
     # Every shipped metric definition scrapes the job's own log.
     for definition in metric_definitions():
         assert re.search(definition["Regex"], result.stdout), definition["Name"]
+    assert re.search(
+        r"\[metrics\] step=3 .* \| step 3 of 3, [0-9.e+-]+ s each, about 0:00:00 left", result.stdout
+    )
+
+    # TensorBoard's own reader finds every step, and every held-out evaluation.
+    scalars = read_events(root / "output" / "tensorboard")
+    assert [e.step for e in scalars["ppo/reward_mean"]] == [1, 2, 3]
+    assert [e.value for e in scalars["ppo/kl"]] == pytest.approx([x["kl"] for x in lines])
+    assert [e.step for e in scalars["heldout/toxicity"]] == [0, 2, 3]
+    assert [e.step for e in scalars["time/step"]] == [1, 2, 3]
+    assert scalars["heldout/kl"][0].value == 0.0  # step 0 is the starting summarizer itself
+
+    # keep_best: model/ is the chosen step's adapter, adapter_info.json says which and why, and the
+    # last step's adapter is in steps/.
+    chosen = json.loads((model_dir / "adapter_info.json").read_text())["chosen"]
+    assert chosen["step"] in (2, 3) and chosen["last_step"] == 3 and "lowest held-out" in chosen["rule"]
+    assert chosen["figures"]["heldout_toxicity"] == lines[chosen["step"] - 1]["heldout_toxicity"]
+    assert sorted(p.name for p in (model_dir / "steps").iterdir()) == ["1", "2", "3"]
+    kept = torch.load(model_dir / "steps" / str(chosen["step"]) / "adapter_model.bin", weights_only=True)
+    published = torch.load(model_dir / "adapter_model.bin", weights_only=True)
+    assert all(torch.equal(kept[k], published[k]) for k in kept)
 
     # Load the adapter the documented way and generate.
     base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.base_model)
@@ -71,6 +94,28 @@ def test_end_to_end_run_writes_every_output(train_layout, tiny_models):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     out = model.generate(**tokenizer(["Summarize: Tom buys a coat."], return_tensors="pt"), max_new_tokens=6)
     assert out.shape[0] == 1 and out.shape[1] > 1
+
+
+def test_a_restart_with_settings_of_another_run_fails_before_any_model_loads_and_a_longer_run_goes_on(
+    train_layout,
+):
+    root = train_layout(max_ppo_steps=2)
+    assert _run(root).returncode == 0
+    hyperparameters = root / "input" / "config" / "hyperparameters.json"
+    original = json.loads(hyperparameters.read_text())
+    hyperparameters.write_text(json.dumps({**original, "batch_size": "16", "max_ppo_steps": "3"}))
+    result = _run(root)
+    failure = _bad_input(result, root)
+    assert "batch_size was 8, now 16" in failure and "Set it back to continue that run" in failure
+    assert "max_ppo_steps" in failure.split("A resume may change only")[1]  # listed as changeable
+    assert "train_prompts=" not in result.stdout + result.stderr  # not even the data was read
+
+    (root / "output" / "failure").unlink()
+    hyperparameters.write_text(json.dumps({**original, "max_ppo_steps": "3"}))
+    resumed = _run(root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming step-000002 with a changed setting: max_ppo_steps 2 -> 3" in resumed.stdout
+    assert [x["step"] for x in _metrics(root)] == [1, 2, 3]
 
 
 def test_adapters_kept_along_the_way_are_loadable_peft_adapters(train_layout, tiny_models):

@@ -57,6 +57,10 @@ from tests.servers import ROLE
             "--hp must look like NAME=VALUE",
         ),
         (
+            ["--image", IMAGE, "--role", ROLE, "--bucket", BUCKET, "--tensorboard-s3-uri", "tb/"],
+            "not an S3 URI (expected s3://bucket/key): 'tb/'",
+        ),
+        (
             ["--image", IMAGE, "--role", ROLE, "--bucket", BUCKET, "--spot", "--keep-alive", "600"],
             "--keep-alive cannot be used with --spot",
         ),
@@ -72,3 +76,11 @@ def test_user_errors_are_one_clear_line(aws, bucket, launch, args, message):
     assert err.startswith("detox-launch: error: ") and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert aws.api.sent("CreateTrainingJob") == []
+
+
+def test_a_local_run_keeps_its_event_files_in_the_work_folder(launch, tmp_path):
+    code, _, err = launch(
+        "local", "train", "--no-docker", "--work-dir", tmp_path, "--tensorboard-s3-uri", f"s3://{BUCKET}/tb/"
+    )
+    assert code == 2 and "--tensorboard-s3-uri applies to SageMaker jobs only" in err
+    assert "output/tensorboard" in err and not any(tmp_path.iterdir())  # nothing written

@@ -9,6 +9,7 @@ import time
 
 from flan_t5_detox.contract.environment import decode_hyperparameters
 from flan_t5_detox.contract.metrics import format_metrics_line, metric_definitions
+from flan_t5_detox.contract.paths import CONTAINER, MlPaths
 from flan_t5_detox.contract.settings import EvalConfig, TrainConfig, parse_settings
 from tests.launcher.account import (
     IMAGE,
@@ -116,6 +117,24 @@ def test_keep_alive_asks_for_a_warm_pool(aws, bucket, launch):
     # Without the flag, no warm pool.
     launch("train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket)
     assert "KeepAlivePeriodInSeconds" not in aws.api.sent("CreateTrainingJob")[1]["ResourceConfig"]
+
+
+def test_train_job_request_with_tensorboard_output(aws, bucket, launch):
+    """SageMaker syncs the job's TensorBoard folder to S3 while it runs; the request that reached
+    the API is one SageMaker's service model (botocore's) accepts."""
+    peft = put(aws, "inputs/peft_checkpoint/config.json")
+    code, _, err = launch(
+        "train", "--image", IMAGE, "--role", ROLE, "--bucket", bucket, "--peft-checkpoint", peft,
+        "--tensorboard-s3-uri", f"s3://{bucket}/tensorboard/run-1",
+    )  # fmt: skip
+    assert code == 0, err
+    [request] = aws.api.sent("CreateTrainingJob")
+    assert request["TensorBoardOutputConfig"] == {
+        "S3OutputPath": f"s3://{bucket}/tensorboard/run-1",
+        "LocalPath": "/opt/ml/output/tensorboard",
+    }
+    assert CONTAINER.tensorboard == MlPaths(CONTAINER.root).root / "output" / "tensorboard"
+    assert service_model_errors("CreateTrainingJob", request) == ""
 
 
 def test_evaluate_job_request_takes_the_train_jobs_model(aws, bucket, launch):

@@ -1,6 +1,8 @@
 """Checkpoints (`checkpoint`): atomic and pruned, a snapshot's every field back from its bytes,
 RNG states restored, unusable ones skipped with a warning, and none usable is the user's call."""
 
+import dataclasses
+import io
 import json
 import logging
 import random
@@ -115,3 +117,38 @@ def test_a_readable_file_of_another_layout_is_not_a_checkpoint_of_this_job(tmp_p
         checkpoint.read(folder)
     with pytest.raises(checkpoint.UnusableCheckpoint, match="no state.pt"):
         checkpoint.read(tmp_path)
+
+
+def test_a_checkpoint_carries_the_runs_settings_held_out_start_and_best_step(tmp_path):
+    snap = dataclasses.replace(
+        _snapshot(3),
+        settings={"batch_size": 8, "seed": 42},
+        heldout_start={"heldout_toxicity": 0.2, "heldout_rouge_l": 0.75},
+        best_step=2,
+        best_trainable={"weight": torch.full((2, 3), 2.0)},
+    )
+    folder = checkpoint.write(tmp_path, snap)
+    back = checkpoint.latest(tmp_path)
+    assert (back.settings, back.heldout_start, back.best_step) == (snap.settings, snap.heldout_start, 2)
+    assert torch.equal(back.best_trainable["weight"], torch.full((2, 3), 2.0))
+    # The settings are also readable on their own, before anything heavy is loaded; the newest
+    # checkpoint's, even when its state.pt is damaged.
+    assert json.loads((folder / checkpoint.SETTINGS_FILE).read_text()) == snap.settings
+    newer = checkpoint.write(tmp_path, dataclasses.replace(snap, step=4))
+    (newer / checkpoint.STATE_FILE).write_bytes(b"damaged")
+    assert checkpoint.recorded_settings(tmp_path) == (newer, snap.settings)
+    assert checkpoint.recorded_settings(tmp_path / "none") is None
+
+
+def test_a_checkpoint_from_before_settings_were_recorded_still_loads(tmp_path):
+    """Its state.pt lacks the fields added since (written here by dropping them from a new one)."""
+    snap = _snapshot(2)
+    saved = torch.load(io.BytesIO(checkpoint.to_bytes(snap)), weights_only=True)
+    added = ("settings", "heldout_start", "best_step", "best_trainable")
+    meta = {"__dict__": [pair for pair in json.loads(saved["meta"])["__dict__"] if pair[0] not in added]}
+    folder = tmp_path / "step-000002"
+    folder.mkdir()
+    torch.save({"meta": json.dumps(meta), "tensors": saved["tensors"]}, folder / checkpoint.STATE_FILE)
+    back = checkpoint.latest(tmp_path)
+    assert (back.step, back.history, back.settings, back.best_step) == (2, snap.history, {}, 0)
+    assert checkpoint.recorded_settings(tmp_path) is None  # a resume cannot check: it continues

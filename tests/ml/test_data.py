@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from flan_t5_detox.contract.failure import JobInputError
+from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.fixtures import SAMPLE_DATASET
 from flan_t5_detox.ml import data
 
@@ -70,3 +71,15 @@ def test_batch_order_is_reproducible_and_covers_each_pass():
 def test_sample_dataset_has_enough_usable_dialogues():
     splits = data.prepare_splits(data.read_records(SAMPLE_DATASET), 200, 1000, 0.2)
     assert len(splits.train) >= 100 and len(splits.test) >= 25
+
+
+def test_held_out_prompts_are_the_end_of_the_training_split_never_the_test_split():
+    config = TrainConfig(eval_samples=64, batch_size=8)
+    prompts = data.training_prompts(SAMPLE_DATASET, config)
+    splits = data.load_splits(SAMPLE_DATASET, config)
+    assert prompts.train + prompts.validation == splits.train
+    assert len(prompts.validation) == 64 and prompts.validation == splits.train[-64:]
+    assert not {e.id for e in prompts.validation} & {e.id for e in splits.test}
+    assert data.training_prompts(SAMPLE_DATASET, TrainConfig(batch_size=8)).validation == []
+    with pytest.raises(JobInputError, match="would hold out the whole training split"):
+        data.training_prompts(SAMPLE_DATASET, TrainConfig(eval_samples=len(splits.train), batch_size=8))

@@ -1,8 +1,11 @@
 """Running steps to the end (`training.TrainingRun`), on a stand-in trainer whose step is a counter:
-the checkpoint cadence, resuming with the history from the checkpoint, and how a diverged step
-and SIGTERM end a run with the last finished step on disk."""
+the checkpoint cadence, resuming with the history from the checkpoint, how a diverged step
+and SIGTERM end a run with the last finished step on disk, keep_best's choice, the TensorBoard
+event files and the progress in the metrics line."""
 
 import os
+import re
+import shutil
 import signal
 
 import pytest
@@ -11,8 +14,10 @@ import torch
 from flan_t5_detox.contract.metrics import MetricsLog
 from flan_t5_detox.ml import checkpoint
 from flan_t5_detox.ml.distributed import World
+from flan_t5_detox.ml.heldout import BestRule
 from flan_t5_detox.ml.ppo import StepResult, TrainingDiverged
 from flan_t5_detox.ml.training import TrainingRun
+from tests.helpers import read_events
 
 
 class CountingTrainer:
@@ -30,6 +35,9 @@ class CountingTrainer:
 
     def restore(self, snap: checkpoint.Snapshot) -> None:
         self.step, self.history, self.last_good = snap.step, list(snap.history), snap
+
+    def start_figures(self) -> dict:
+        return {}  # no held-out prompts
 
     def run_step(self) -> StepResult:
         self.on_step(self.step + 1)
@@ -105,3 +113,86 @@ def test_sigterm_mid_step_checkpoints_the_last_finished_step_and_ends_the_run(tm
     assert checkpoint.latest(tmp_path / "checkpoints").step == 2
     assert [m["step"] for m in metrics.read()] == [1, 2]
     assert signal.getsignal(signal.SIGTERM) == before  # the guard puts the previous handler back
+
+
+class EvaluatedTrainer(CountingTrainer):
+    """A stand-in whose steps are measured on held-out prompts: `figures[step]` is that step's
+    (toxicity, ROUGE-L); the start is step 0's. Its weights at step k are all k."""
+
+    def __init__(self, figures: dict[int, tuple[float, float]]):
+        self.figures = figures
+        super().__init__()
+
+    def start_figures(self) -> dict:
+        toxicity, rouge = self.figures[0]
+        return {"step": 0, "heldout_toxicity": toxicity, "heldout_rouge_l": rouge}
+
+    def run_step(self) -> StepResult:
+        self.step += 1
+        record = {"step": self.step}
+        if self.step in self.figures:
+            record["heldout_toxicity"], record["heldout_rouge_l"] = self.figures[self.step]
+        self.history.append(record)
+        self.last_good = self.snapshot()
+        return StepResult(dict(record))
+
+
+# Step 3 has the lowest toxicity but lost 0.05 of ROUGE-L; step 4, the last, is more toxic than 2.
+FIGURES = {0: (0.20, 0.75), 2: (0.10, 0.74), 3: (0.05, 0.70), 4: (0.12, 0.76)}
+
+
+def test_keep_best_chooses_by_its_rule_not_the_last_step_and_a_restart_keeps_it(tmp_path):
+    rule = BestRule(max_rouge_drop=0.02)
+    metrics = MetricsLog(tmp_path / "out" / "metrics.jsonl")
+    run = TrainingRun(EvaluatedTrainer(FIGURES), tmp_path / "checkpoints", metrics, 1, best_rule=rule)
+    outcome = run.run(3)
+    assert outcome.best.step == 2  # step 3 is less toxic, but its ROUGE-L fell 0.05 > 0.02
+    assert torch.equal(outcome.best.trainable["w"], torch.full((2,), 2.0))  # step 2's weights
+    assert outcome.start == {"step": 0, "heldout_toxicity": 0.20, "heldout_rouge_l": 0.75}
+    assert checkpoint.latest(tmp_path / "checkpoints").best_step == 2
+
+    # A restarted job gets the best so far from the checkpoint; step 4, the last, is worse than it.
+    again = TrainingRun(EvaluatedTrainer(FIGURES), tmp_path / "checkpoints", metrics, 1, best_rule=rule)
+    assert again.resume() == 3 and again.best.step == 2
+    outcome = again.run(4)
+    assert (outcome.steps, outcome.best.step) == (4, 2)
+    assert torch.equal(outcome.best.trainable["w"], torch.full((2,), 2.0))
+
+
+def test_the_best_rule():
+    rule, start = BestRule(max_rouge_drop=0.02), {"heldout_rouge_l": 0.75}
+
+    def record(step, toxicity, rouge):
+        return {"step": step, "heldout_toxicity": toxicity, "heldout_rouge_l": rouge}
+
+    assert rule.choose([{"step": 1}], start) is None  # nothing was measured
+    history = [record(1, 0.1, 0.74), {"step": 2}, record(3, 0.1, 0.75), record(4, 0.01, 0.6)]
+    assert rule.choose(history, start)["step"] == 1  # a tie in toxicity goes to the earlier step
+    # No step within the bound: the least damaged one.
+    assert rule.choose([record(1, 0.1, 0.70), record(2, 0.05, 0.72)], start)["step"] == 2
+    assert "at most 0.02 below the starting summarizer's" in rule.statement()
+
+
+def test_every_step_and_every_held_out_evaluation_reach_tensorboard_and_a_resume_replaces_redone_steps(
+    tmp_path,
+):
+    events = tmp_path / "tensorboard"
+    metrics = MetricsLog(tmp_path / "out" / "metrics.jsonl")
+    TrainingRun(EvaluatedTrainer(FIGURES), tmp_path / "checkpoints", metrics, 2, events=events).run(3)
+    # Killed after step 3's events, before its checkpoint: a restart redoes step 3, then step 4.
+    shutil.rmtree(tmp_path / "checkpoints" / "step-000003")
+    again = TrainingRun(EvaluatedTrainer(FIGURES), tmp_path / "checkpoints", metrics, 2, events=events)
+    assert again.resume() == 2
+    again.run(4)
+
+    scalars = read_events(events)
+    assert [e.step for e in scalars["heldout/toxicity"]] == [0, 2, 3, 4]
+    assert [e.value for e in scalars["heldout/toxicity"]] == pytest.approx([0.20, 0.10, 0.05, 0.12])
+    assert [e.step for e in scalars["heldout/rouge_l"]] == [0, 2, 3, 4]
+
+
+def test_the_metrics_line_says_how_far_the_run_is_and_how_long_is_left(tmp_path, capsys):
+    run, _ = _run(tmp_path, CountingTrainer())
+    run.run(4)
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\[metrics\] step=3 \| step 3 of 4, [0-9.e-]+ s each, about 0:00:00 left", lines[2])

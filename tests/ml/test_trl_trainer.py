@@ -1,11 +1,12 @@
 """The trl subclass (`trl_trainer.TrimmedPPOTrainer`): trimmed forward passes and loss equal trl's
-own, the rollout's encoder states are reused by the scoring pass only, and `ppo_config` gives each
-process its share of the global batch."""
+own, the rollout's encoder states are reused by the scoring pass only, `ppo_config` gives each
+process its share of the global batch, and target_kl stops the epochs as trl's early_stopping."""
 
 from functools import partial
 
 import pytest
 import torch
+from trl import PPOTrainer
 
 from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.ml.distributed import World
@@ -194,3 +195,23 @@ def test_log_probs_do_not_depend_on_what_else_is_in_the_batch(tiny_models):
         alone = logprobs([queries[i]], [responses[i]], 1)[0]
         assert len(alone) == len(responses[i]) - 2  # trl scores tokens 2..n of a seq2seq response
         torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_target_kl_stops_the_ppo_epochs_as_trls_early_stopping_does(tiny_models):
+    """A step of 4 epochs of 2 mini-batches, with a learning rate that moves the policy far in one
+    update: with target_kl the epochs stop after the first mini-batch whose policy KL (measured
+    before its update) breaches 1.5 x target_kl, the second one; without it all 4 epochs run.
+    The first mini-batch's policy KL is 0 (no update yet), the second's 0.2 here: target_kl=0.01
+    stops at the second with a margin of 13x, whatever the CPU's rounding."""
+    settings = dict(ppo_epochs=4, learning_rate=0.05, batch_size=8, mini_batch_size=4)
+    stopped = tiny_trainer(tiny_models, tiny_config(target_kl=0.01, **settings)).run_step().metrics
+    assert stopped["ppo_epochs_run"] == 1.0  # 2 of 8 mini-batch updates
+    assert tiny_trainer(tiny_models, tiny_config(**settings)).run_step().metrics["ppo_epochs_run"] == 4.0
+
+    # The rule is trl's own `_early_stop`, on one mini-batch's policy KL.
+    trl = tiny_trainer(tiny_models, tiny_config(target_kl=0.1)).trl
+    assert trl.config.early_stopping and trl.config.target_kl == 0.1
+    for policy_kl in (0.0, 0.149, 0.151, 3.0):
+        kl = torch.tensor(policy_kl, dtype=torch.float64)
+        assert trl.stops_early({"policy/policykl": kl}) == PPOTrainer._early_stop(trl, kl)
+    assert not ppo_config(TrainConfig()).early_stopping  # off by default
