@@ -24,7 +24,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,9 +35,6 @@ from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.diversity import Diversity, measure_diversity
 from flan_t5_detox.ml.rewards import RewardModel, reward_text
 from flan_t5_detox.ml.stats import PairedComparison, compare_paired
-
-if TYPE_CHECKING:
-    from flan_t5_detox.ml.tradeoff import CurvePoint
 
 log = logging.getLogger("flan_t5_detox.evaluation")
 logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs a line per scorer
@@ -140,7 +136,8 @@ class Evaluation:
     after: Side
     comparisons: dict[str, PairedComparison] = field(default_factory=dict)
     reward_input: str = "query_response"
-    curve: list[CurvePoint] = field(default_factory=list)  # the trade-off curve, when steps were kept
+    # The trade-off curve (`tradeoff.CurvePoint`s, which build on this module), when steps were kept.
+    curve: list = field(default_factory=list)
     diversity: dict[str, Diversity] = field(default_factory=dict)  # "before", "after"
     slices: list[Slice] = field(default_factory=list)
 
