@@ -35,11 +35,10 @@ TRAIN_HYPERPARAMETERS = {
     # 2-layer models gain nothing from intra-op threads, and on a busy machine OpenMP threads
     # that wait for each other make torch many times slower.
     "num_threads": 1,
-    # Held-out evaluation on prompts held out of the training split, and model/ gets the best
-    # evaluated step (`keep_best`); the evaluate job then measures it on the test split.
-    "eval_samples": 64,
-    "keep_best": True,
 }
+# Held-out evaluation on prompts held out of the training split, and model/ gets the best
+# evaluated step (`keep_best`); the evaluate job then measures it on the test split.
+WATCH_HYPERPARAMETERS = {"eval_samples": 64, "keep_best": True}
 KEPT_ADAPTERS = 4  # adapters kept along the way (save_adapter_every), for the report's trade-off curve
 # The evaluate job keeps its defaults (whole test split of the sample, 100 new tokens, 4 samples
 # per prompt, the embedded judge); fp32 so the demo gives the same numbers on every CPU.
@@ -84,6 +83,7 @@ def run_jobs(out: Path, steps: int) -> int:
     # Held-out evaluation on the steps whose adapters are kept, so the best is one of them.
     settings = {
         **TRAIN_HYPERPARAMETERS,
+        **WATCH_HYPERPARAMETERS,
         "max_ppo_steps": steps,
         "save_adapter_every": every,
         "eval_every": every,
