@@ -71,6 +71,9 @@ class Side:
     samples: dict[str, np.ndarray]  # measure -> (dialogues, k)
     generate_seconds: float
     score_seconds: float
+    # Each dialogue's first sample as token ids (decoder start first), for callers that score it
+    # further (held-out KL while training); in memory only, never in a part.
+    first_tokens: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @classmethod
     def empty(cls, names: tuple[str, ...], k: int) -> Side:
@@ -293,6 +296,7 @@ def evaluate_model(
         torch.tensor(ids) for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
     ]
     texts: list[list[str]] = []
+    first_tokens: list[torch.Tensor] = []
     measured: dict[str, list[np.ndarray]] = {name: [] for name in scorers.names()}
     generating = scoring = 0.0
     batches = range(0, len(query_ids), size)
@@ -312,6 +316,8 @@ def evaluate_model(
                 encoder_states=states, row_seeds=seeds,
             )  # fmt: skip
             sample = generation.detokenize(tokenizer, tokens)
+            if j == 0:
+                first_tokens += tokens
             t2 = time.perf_counter()
             logprobs = generation.response_logprobs(reference, tokenizer, chunk, tokens, ref_states)
             group = _measure_group(mine, sample, tokens, logprobs, scorers, config, tokenizer.eos_token_id)
@@ -325,7 +331,7 @@ def evaluate_model(
         for name, parts in columns.items():
             measured[name].append(np.stack(parts, axis=1))
     samples = {name: np.concatenate(parts) if parts else np.zeros((0, k)) for name, parts in measured.items()}
-    return Side(texts, samples, generating, scoring)
+    return Side(texts, samples, generating, scoring, first_tokens)
 
 
 def compare(before: Side, after: Side, config: EvalConfig) -> dict[str, PairedComparison]:

@@ -5,7 +5,7 @@ never the evaluate job's test split. They are measured with the evaluate job's o
 (`evaluation.evaluate_model`: its sampling, its per-dialogue random streams, its toxicity and
 ROUGE-L), under the train job's settings turned into the evaluate job's
 (`settings.heldout_settings`). The KL to the starting summarizer is the PPO step's own estimate
-(`TrimmedPPOTrainer.response_kl`) on responses sampled from the same streams.
+(`TrimmedPPOTrainer.response_kl`) on the responses the evaluation sampled.
 
 On several processes each measures a block of the prompts (whole generation batches, as the
 evaluate job's hosts do), so the figures are those of one process, to the rounding of a sum.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from flan_t5_detox.contract.settings import EvalConfig
-from flan_t5_detox.ml import evaluation, generation
+from flan_t5_detox.ml import evaluation
 from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.distributed import World
 from flan_t5_detox.ml.rewards import RewardModel
@@ -55,32 +55,16 @@ class HeldOut:
         if mine:
             examples = [self.examples[p] for p in mine]
             side = evaluation.evaluate_model(policy, tokenizer, examples, self.reward_model, config, mine)
-            kl = self.response_kl(policy, tokenizer, trl, examples, mine)
+            queries = [
+                torch.tensor(ids)
+                for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
+            ]
+            # The KL on the very tokens the evaluation sampled (its first sample of each prompt).
+            kl = trl.response_kl(policy, queries, side.first_tokens).double().numpy()
             values = (side.values[self.toxicity], side.values["rougeL"], kl, side.values["reward"])
             sums = torch.tensor([float(np.sum(v)) for v in values], dtype=torch.float64)
         total = world.sum(sums) / len(self.examples)
         return dict(zip(FIGURES, total.tolist()))
-
-    def response_kl(
-        self, policy, tokenizer, trl, examples: list[Example], positions: list[int]
-    ) -> np.ndarray:
-        """Each prompt's response sampled as `evaluate_model` samples its first (same settings,
-        batches and stream, `stream_seed(seed, place, 0)`: the same tokens), and its KL to the
-        starting summarizer."""
-        config = self.config
-        queries = [
-            torch.tensor(ids) for ids in tokenizer([e.prompt for e in examples], truncation=True).input_ids
-        ]
-        responses = generation.generate(
-            policy,
-            tokenizer,
-            queries,
-            [config.max_new_tokens] * len(queries),
-            generation.SamplingSettings(config.min_length, config.top_k, config.top_p),
-            config.generation_batch_size,
-            row_seeds=[generation.stream_seed(config.seed, p, 0) for p in positions],
-        )
-        return trl.response_kl(policy, queries, responses).double().numpy()
 
 
 @dataclass(frozen=True)
