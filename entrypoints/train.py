@@ -246,6 +246,7 @@ class TrainRecipe:
 def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> int:
     recipe = TrainRecipe(env, scratch, local_rank)
     recipe.setup()
+    outcome = None
     try:
         outcome = recipe.train()
         if outcome.preempted:
@@ -254,7 +255,23 @@ def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> in
             recipe.save(outcome)
         return 0
     finally:
-        recipe.close()
+        # A rank stopped by SIGTERM leaves its process group as it is (see `end_stopped`).
+        if outcome is None or not outcome.preempted or recipe.world.size == 1:
+            recipe.close()
+
+
+def end_stopped(code: int) -> int:
+    """The end of a process whose job SIGTERM stopped: at once, without the interpreter's teardown.
+    Its peers stopped each at its own point, so its process group may hold a collective that one
+    of them never joins; tearing the group down would wait for it up to `collective_timeout`,
+    longer than SageMaker waits before SIGKILL. The checkpoint and the outputs are written by now,
+    and the exit closes the sockets the peers wait on. Other exits return `code`."""
+    if code != EXIT_PREEMPTED:
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_rank(ml_root: Path, local_rank: int = 0) -> int:
@@ -269,8 +286,15 @@ def run_rank(ml_root: Path, local_rank: int = 0) -> int:
 
 def _spawned_rank(local_rank: int, ml_root: Path) -> None:
     """A process of `processes_per_host` > 1: its exit code is its job's."""
+    import threading
+
+    from tqdm import tqdm
+
     setup_logging()
-    code = run_job(lambda: run_rank(ml_root, local_rank), [MlPaths(ml_root).failure])
+    # tqdm's default lock is a multiprocessing semaphore, which `end_stopped` would leave to the
+    # resource tracker (with a warning); one process draws the bars, so a thread lock does.
+    tqdm.set_lock(threading.RLock())
+    code = end_stopped(run_job(lambda: run_rank(ml_root, local_rank), [MlPaths(ml_root).failure]))
     if code:
         sys.exit(code)
 
@@ -303,18 +327,22 @@ def spawn_ranks(ml_root: Path, processes: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    spawned = False  # this process started the ranks and is none of them
 
     def body() -> int:
+        nonlocal spawned
         env = TrainingJobEnvironment.from_root(args.ml_root)
         config = parse_settings(TrainConfig, env.hyperparameters)
         # A marker in checkpoints/ while the job runs: a SIGKILL (out of memory) leaves it behind
         # for the next start to report.
         with running(env.checkpoint_dir, memory_settings(config)):
             if config.processes_per_host > 1:
+                spawned = True
                 return spawn_ranks(args.ml_root, config.processes_per_host)
             return run_rank(args.ml_root)
 
-    return run_job(body, [MlPaths(args.ml_root).failure])
+    code = run_job(body, [MlPaths(args.ml_root).failure])
+    return code if spawned else end_stopped(code)
 
 
 if __name__ == "__main__":

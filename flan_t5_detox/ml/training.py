@@ -33,13 +33,23 @@ class SigtermGuard:
     """Turns SIGTERM into `Preempted` raised in the main thread while training runs."""
 
     def __enter__(self):
+        self.received = False
+
         def handler(signum, frame):
             # One-shot: a second SIGTERM must not interrupt writing the checkpoint.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.received = True
             raise Preempted()
 
         self._previous = signal.signal(signal.SIGTERM, handler)
         return self
+
+    def settle(self) -> bool:
+        """Whether SIGTERM arrived, counting one that came while the main thread waited in C
+        (a collective) and whose handler has not run yet: `signal.signal` runs pending handlers
+        first, so that one raises `Preempted` here."""
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        return self.received
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGTERM, self._previous)
@@ -132,9 +142,30 @@ class TrainingRun:
             self.best = Best(self.trainer.step, self.trainer.last_good.trainable)
             log.info("step %d is the best so far by keep_best's rule", self.trainer.step)
 
-    def run(self, max_steps: int) -> RunOutcome:
+    def _steps(self, max_steps: int, start: dict, progress: Progress) -> None:
+        """PPO steps to `max_steps`; rank 0 logs, keeps the best and checkpoints after each."""
         from tqdm import tqdm
 
+        trainer, main = self.trainer, self.trainer.world.is_main
+        bar = tqdm(total=max_steps, initial=trainer.step, desc="PPO", file=sys.stderr, disable=not main)
+        with bar:
+            while trainer.step < max_steps:
+                result = trainer.run_step()
+                bar.update(1)
+                if not main:
+                    continue
+                self.metrics.append(result.metrics)
+                print(format_metrics_line(result.metrics, progress.done(trainer.step)), flush=True)
+                if self.events is not None:
+                    self.events.write(result.metrics)
+                if self.best_rule is not None and start:
+                    self._keep_best(start)
+                if self.after_step is not None:
+                    self.after_step(trainer.step)
+                if self.checkpoint_every and trainer.step % self.checkpoint_every == 0:
+                    self._checkpoint()
+
+    def run(self, max_steps: int) -> RunOutcome:
         trainer, main = self.trainer, self.trainer.world.is_main
         start = trainer.start_figures()  # the step-0 held-out figures ({} without): every rank measures
         if main and start and not trainer.step:
@@ -144,26 +175,16 @@ class TrainingRun:
         if self.best_rule is not None and not start:
             log.warning("keep_best: the starting summarizer was never measured; model/ gets the last step")
         progress = Progress(max_steps, "step", first=trainer.step)
-        with SigtermGuard():
+        with SigtermGuard() as sigterm:
             try:
-                with tqdm(
-                    total=max_steps, initial=trainer.step, desc="PPO", file=sys.stderr, disable=not main
-                ) as bar:
-                    while trainer.step < max_steps:
-                        result = trainer.run_step()
-                        bar.update(1)
-                        if not main:
-                            continue
-                        self.metrics.append(result.metrics)
-                        print(format_metrics_line(result.metrics, progress.done(trainer.step)), flush=True)
-                        if self.events is not None:
-                            self.events.write(result.metrics)
-                        if self.best_rule is not None and start:
-                            self._keep_best(start)
-                        if self.after_step is not None:
-                            self.after_step(trainer.step)
-                        if self.checkpoint_every and trainer.step % self.checkpoint_every == 0:
-                            self._checkpoint()
+                try:
+                    self._steps(max_steps, start, progress)
+                except RuntimeError as exc:
+                    # With peers, SIGTERM stops every rank, each at its own point: a rank waiting in
+                    # a collective sees the peers that left as an error. That is the same stop.
+                    if trainer.world.size > 1 and not isinstance(exc, TrainingDiverged) and sigterm.settle():
+                        raise Preempted() from exc
+                    raise
             except Preempted:
                 path = self._checkpoint()
                 log.warning("SIGTERM: checkpointed step %d (%s); exiting", trainer.last_good.step, path)

@@ -37,7 +37,18 @@ def _start(root, port, **env):
         stderr=subprocess.STDOUT,
         text=True,
         env=environment,
+        start_new_session=True,  # its own process group, with its ranks: `_output` can end them all
     )
+
+
+def _output(job, timeout) -> str:
+    """The job's output once it ends; a job still running after `timeout` seconds fails the test
+    and is killed with its ranks, so none is left behind."""
+    try:
+        return job.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        pytest.fail(f"the job did not end within {timeout} s:\n{job.communicate()[0][-3000:]}")
 
 
 def _hosts(train_layout, name, **settings):
@@ -67,7 +78,7 @@ def test_two_hosts_train_exactly_as_one_host_with_the_same_global_batch(train_la
     port = free_port()
     first, second = _hosts(train_layout, "two", **SETTINGS, **HELDOUT)
     ranks = [_start(first, port), _start(second, port)]
-    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    outputs = [_output(rank, 300) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
 
     # The same global figures, step for step, with 2 ranks of 4 rows as with 1 rank of 8; the
@@ -103,8 +114,8 @@ def test_two_ranks_stopped_by_sigterm_resume_on_one(train_layout):
         time.sleep(0.05)
     sent = time.time()
     job.send_signal(signal.SIGTERM)  # to the host's job, which passes it to its two ranks
-    output, _ = job.communicate(timeout=120)
-    assert time.time() - sent < 120
+    output = _output(job, 120)
+    assert time.time() - sent < 60  # the ranks end at once: no group teardown waits on a peer
     assert job.returncode == 143, output[-3000:]
     stopped_at = checkpoint.latest(root / "checkpoints").step
     assert 2 <= stopped_at < 10
@@ -127,7 +138,7 @@ def test_a_host_that_never_joins_fails_the_job_in_bounded_time(train_layout):
     first, _ = _hosts(train_layout, "alone", collective_timeout=5)
     started = time.time()
     job = _start(first, free_port())
-    output, _ = job.communicate(timeout=120)
+    output = _output(job, 120)
     assert job.returncode == 1, output[-2000:]
     assert time.time() - started < 60
     failure = (first / "output" / "failure").read_text()
@@ -139,7 +150,7 @@ def test_a_host_that_never_joins_fails_the_job_in_bounded_time(train_layout):
 def test_global_batch_not_divisible_by_the_ranks_is_bad_input(train_layout):
     first, _ = _hosts(train_layout, "odd", batch_size=9, mini_batch_size=3)
     result = _start(first, free_port())
-    output, _ = result.communicate(timeout=120)
+    output = _output(result, 120)
     assert result.returncode == 2, output[-2000:]
     failure = (first / "output" / "failure").read_text()
     assert failure.startswith("Bad input: batch_size (9) and mini_batch_size (3) are global")
@@ -157,8 +168,8 @@ def test_a_host_that_dies_mid_run_fails_the_other_in_bounded_time_with_its_step_
         time.sleep(0.05)
     ranks[1].kill()  # the second host's instance is gone: no checkpoint, no goodbye
     killed = time.time()
-    output, _ = ranks[0].communicate(timeout=120)
-    ranks[1].communicate()
+    output = _output(ranks[0], 120)
+    _output(ranks[1], 120)
     assert ranks[0].returncode == 1, output[-3000:]
     assert time.time() - killed < 60  # within the collective timeout (30 s), not at max_run
     failure = (first / "output" / "failure").read_text()

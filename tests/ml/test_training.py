@@ -3,10 +3,12 @@ the checkpoint cadence, resuming with the history from the checkpoint, how a div
 and SIGTERM end a run with the last finished step on disk, keep_best's choice, the TensorBoard
 event files and the progress in the metrics line."""
 
+import functools
 import os
 import re
 import shutil
 import signal
+import time
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from flan_t5_detox.ml.heldout import BestRule
 from flan_t5_detox.ml.ppo import StepResult, TrainingDiverged
 from flan_t5_detox.ml.training import TrainingRun
 from tests.helpers import read_events
+from tests.ml.ranks import on_gloo_ranks
 
 
 class CountingTrainer:
@@ -113,6 +116,43 @@ def test_sigterm_mid_step_checkpoints_the_last_finished_step_and_ends_the_run(tm
     assert checkpoint.latest(tmp_path / "checkpoints").step == 2
     assert [m["step"] for m in metrics.read()] == [1, 2]
     assert signal.getsignal(signal.SIGTERM) == before  # the guard puts the previous handler back
+
+
+class SummingTrainer(CountingTrainer):
+    """A stand-in on a real gloo world: every step sums a tensor over the ranks, as PPO's do."""
+
+    def __init__(self, world, on_step):
+        super().__init__(on_step)
+        self.world = world
+
+    def run_step(self) -> StepResult:
+        self.on_step(self.step + 1)
+        self.world.sum(torch.ones(1))
+        return super().run_step()
+
+
+def _stopped_while_a_peer_waits(folder: str, world: World) -> dict:
+    """At step 3 rank 1 waits in the step's sum; rank 0 signals both ranks, then leaves the group
+    from the SIGTERM handler's `Preempted`, before the sum. Rank 1's Python handler cannot run
+    while it waits in C: it sees the sum fail first."""
+    pids = [int(p) for p in world.gather(torch.tensor([os.getpid()]))]
+
+    def on_step(step):
+        if step == 3 and world.is_main:
+            time.sleep(1)  # rank 1 is in the sum by now
+            os.kill(pids[1], signal.SIGTERM)
+            os.kill(pids[0], signal.SIGTERM)
+
+    metrics = MetricsLog(f"{folder}/metrics-{world.rank}.jsonl")
+    outcome = TrainingRun(SummingTrainer(world, on_step), f"{folder}/checkpoints", metrics, 0).run(5)
+    return {"steps": outcome.steps, "preempted": outcome.preempted}
+
+
+def test_sigterm_is_a_stop_on_every_rank_also_on_one_that_waited_in_a_collective(tmp_path):
+    ranks = on_gloo_ranks(functools.partial(_stopped_while_a_peer_waits, str(tmp_path)), tmp_path)
+    # Rank 1 reads the failed sum as the SIGTERM's stop, not as a lost peer (PeerLost, exit 1).
+    assert ranks == [{"steps": 2, "preempted": True}] * 2
+    assert checkpoint.latest(tmp_path / "checkpoints").step == 2
 
 
 class EvaluatedTrainer(CountingTrainer):
