@@ -15,6 +15,7 @@ policy `DetoxTrainer` builds:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,14 +30,25 @@ from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.runtime import set_threads
 
 from . import fixtures
-from .common import RESULTS, command_line, make_workload
+from .common import RESULTS, Sizes, Workload, command_line, make_workload
 
 
-def _setup():
-    workload = make_workload(fixtures.build(RESULTS / "fixtures"))  # bench.run's default sizes
+@dataclass
+class Passes:
+    """The policy `DetoxTrainer` builds, the bench's PPO batch and forced responses."""
+
+    workload: Workload
+    trainer: ppo.DetoxTrainer
+    tokenizer: object
+    queries: list[torch.Tensor]
+    responses: list[torch.Tensor]  # decoder start, then the row's budget of tokens
+
+
+def setup(sizes: Sizes = Sizes(), dtype: torch.dtype = torch.float32) -> Passes:
+    workload = make_workload(fixtures.build(RESULTS / "fixtures"), sizes)
     tokenizer = load_tokenizer(workload.base_model)
     peft_dir = Path(workload.peft_checkpoint)
-    policy = build_policy(load_merged(workload.base_model, peft_dir), read_lora_config(peft_dir), 0)
+    policy = build_policy(load_merged(workload.base_model, peft_dir, dtype), read_lora_config(peft_dir), 0)
     prompts = [
         Example(id=str(i), dialogue="", summary="", prompt=p) for i, p in enumerate(workload.train_prompts)
     ]
@@ -44,26 +56,33 @@ def _setup():
     torch.manual_seed(0)
     start = policy.pretrained_model.config.decoder_start_token_id
     responses = [torch.cat([torch.tensor([start]), torch.randint(5, 30000, (n,))]) for n in workload.budgets]
-    return trainer, trainer.query_ids, responses
+    return Passes(workload, trainer, tokenizer, trainer.query_ids, responses)
 
 
-def training(trainer, queries, responses, padding: float) -> float:
+def default_group_padding() -> float:
+    return trl_trainer.GROUP_PADDING
+
+
+def training(passes: Passes, padding: float) -> float:
     """Seconds for forward + backward of trl's random mini-batches with this group padding."""
-    trainer.trl.group_padding = padding
+    trl, queries, responses = passes.trainer.trl, passes.queries, passes.responses
+    trl.group_padding = padding
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(queries), generator=generator).tolist()
     start = time.perf_counter()
     for i in range(0, len(order), 4):
         rows = order[i : i + 4]
         qs, rs = [queries[j] for j in rows], [responses[j] for j in rows]
-        inputs = trainer.trl.prepare_model_inputs(qs, rs)
-        logprobs, _, values, masks = trainer.trl.batched_forward_pass(trainer.policy, qs, rs, inputs, True)
+        inputs = trl.prepare_model_inputs(qs, rs)
+        logprobs, _, values, masks = trl.batched_forward_pass(passes.trainer.policy, qs, rs, inputs, True)
         ((logprobs + values) * masks).sum().backward()
-        trainer.policy.zero_grad()
+        passes.trainer.policy.zero_grad()
+    trl.group_padding = default_group_padding()
     return time.perf_counter() - start
 
 
-def scoring(trainer, queries, responses, reuse: bool) -> float:
+def scoring(passes: Passes, reuse: bool) -> float:
+    trainer, queries, responses = passes.trainer, passes.queries, passes.responses
     inputs = trainer.trl.prepare_model_inputs(queries, responses)
     states = run_encoder(trainer.policy, trainer.tokenizer, queries)
     start = time.perf_counter()
@@ -79,24 +98,19 @@ def scoring(trainer, queries, responses, reuse: bool) -> float:
 def main(argv=None, repeats: int = 2) -> None:
     command_line("ppo_passes", __doc__).parse_args(argv)
     threads = set_threads(0)
-    trainer, queries, responses = _setup()
-    print(
-        f"threads {threads}; responses {min(map(len, responses)) - 1}..{max(map(len, responses)) - 1} tokens"
-    )
-    default = trl_trainer.GROUP_PADDING
+    passes = setup()
+    lengths = [len(r) - 1 for r in passes.responses]
+    print(f"threads {threads}; responses {min(lengths)}..{max(lengths)} tokens")
     contenders = {
-        "training, each mini-batch padded to its longest row": lambda: training(
-            trainer, queries, responses, 1e9
-        ),
-        "training, rows in length groups": lambda: training(trainer, queries, responses, default),
-        "policy scoring, encoder run": lambda: scoring(trainer, queries, responses, False),
-        "policy scoring, rollout encoder states": lambda: scoring(trainer, queries, responses, True),
+        "training, each mini-batch padded to its longest row": lambda: training(passes, 1e9),
+        "training, rows in length groups": lambda: training(passes, default_group_padding()),
+        "policy scoring, encoder run": lambda: scoring(passes, False),
+        "policy scoring, rollout encoder states": lambda: scoring(passes, True),
     }
     best = dict.fromkeys(contenders, float("inf"))
     for _ in range(repeats):  # alternating, best of `repeats`
         for name, run in contenders.items():
             best[name] = min(best[name], run())
-    trainer.trl.group_padding = default
     for name, seconds in best.items():
         print(f"{name}: {seconds:.2f} s", flush=True)
 

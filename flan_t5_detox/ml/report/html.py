@@ -301,6 +301,23 @@ def _sample(evaluation: Evaluation, context: ReportContext) -> str:
     )
 
 
+def _kept_step(context: ReportContext) -> str:
+    """Which step's adapter "after" is, when keep_best chose one other than the last."""
+    after = context.sources.get("after_adapter")
+    chosen = (after.info or {}).get("chosen") if after else None
+    if not chosen:
+        return ""
+    figures = ", ".join(
+        f"{name.removeprefix('heldout_')} {_num(value)} (start {_num(chosen['start'].get(name))})"
+        for name, value in chosen["figures"].items()
+    )
+    return (
+        f"<p>The after model is the adapter of PPO step {chosen['step']} of {chosen['last_step']}, "
+        f"kept by <code>keep_best</code>: {escape(chosen['rule'])}. Its held-out figures while "
+        f"training: {escape(figures)}.</p>"
+    )
+
+
 def _run(evaluation: Evaluation, context: ReportContext, data: dict) -> str:
     speed = evaluation.throughput()
     details = escape(
@@ -323,6 +340,7 @@ def render_html(evaluation: Evaluation, context: ReportContext, plots: dict[str,
 <h1>FLAN-T5 summarizer: toxicity before and after PPO detoxification</h1>
 <p class="headline">{headline(evaluation)}</p>
 {_sample(evaluation, context)}
+{_kept_step(context)}
 <h2>Toxicity over k = {evaluation.k} samples per prompt (n = {n})</h2>
 {_field_table(evaluation)}
 {_img(MAX_TOXICITY, plots)}

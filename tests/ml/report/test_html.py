@@ -103,3 +103,22 @@ def test_without_a_judge_the_page_says_every_toxicity_is_the_reward_models(writt
     page = (written.folder / REPORT_HTML).read_text()
     assert "No judge was given" in page and "Possible reward hack" not in page
     assert "Over k = 1 samples per prompt, by the reward model" in page
+
+
+def test_an_after_adapter_kept_by_keep_best_says_which_step_it_is_and_why(tmp_path):
+    chosen = {
+        "step": 16,
+        "rule": "the lowest held-out toxicity whose ROUGE-L is at most 0.02 below the start's",
+        "figures": {"heldout_toxicity": 0.05, "heldout_rouge_l": 0.74},
+        "start": {"heldout_toxicity": 0.2, "heldout_rouge_l": 0.75},
+        "last_step": 20,
+    }
+    kept = context()
+    kept.sources["after_adapter"].info = {"ppo_steps": 16, "chosen": chosen}
+    write_report(tmp_path / "kept", synthetic_evaluation(), kept)
+    page = (tmp_path / "kept" / REPORT_HTML).read_text()
+    assert "adapter of PPO step 16 of 20, kept by <code>keep_best</code>" in page
+    assert "toxicity 0.05 (start 0.2)" in page and "at most 0.02 below" in page
+
+    write_report(tmp_path / "last", synthetic_evaluation(), context())  # no choice: nothing said
+    assert "keep_best" not in (tmp_path / "last" / REPORT_HTML).read_text()
