@@ -177,3 +177,44 @@ def test_a_host_that_dies_mid_run_fails_the_other_in_bounded_time_with_its_step_
     done = len(metrics.read_text().splitlines())
     assert checkpoint.latest(first / "checkpoints").step == done  # the last finished step is kept
     assert f"step {done} is checkpointed" in failure
+
+
+# One rank of two: rank 0 leaves an all_reduce in flight that rank 1 never joins, then ends as a
+# stopped job does; rank 1 holds the group open for 90 s, within the collective timeout (120 s).
+_RANK_WITH_A_COLLECTIVE_IN_FLIGHT = """
+import sys, time, torch, torch.distributed as dist
+from detox_entrypoints.train import EXIT_PREEMPTED, end_stopped
+from flan_t5_detox.contract.cluster import Rendezvous
+from flan_t5_detox.ml import distributed
+rank, port = int(sys.argv[1]), int(sys.argv[2])
+distributed.join(Rendezvous("127.0.0.1", port, 0, 1, 2), rank, timeout=120)
+if rank == 0:
+    dist.all_reduce(torch.ones(4), async_op=True)
+    end_stopped(EXIT_PREEMPTED)
+time.sleep(90)
+"""
+
+
+def test_a_stopped_rank_exits_at_once_though_its_group_holds_a_collective_no_peer_joins():
+    # An orderly teardown (destroy_process_group) would wait for the all_reduce until rank 1's
+    # group goes, 90 s on, or the collective timeout; `end_stopped` ends the process without it.
+    port = free_port()
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RANK_WITH_A_COLLECTIVE_IN_FLIGHT, str(rank), str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        for rank in range(2)
+    ]
+    try:
+        output = ranks[0].communicate(timeout=45)[0]
+        assert ranks[0].returncode == 143, output[-2000:]
+        assert ranks[1].poll() is None  # the peer still holds the group: rank 0 did not wait for it
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                os.killpg(rank.pid, signal.SIGKILL)
+            rank.communicate()
