@@ -88,7 +88,7 @@ def scoring(passes: Passes, reuse: bool) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         if reuse:
-            with trainer.trl.reusing_encoder_states(queries, states):
+            with trainer.trl.reusing_encoder_states(queries, states, len(queries)):
                 trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs)
         else:
             trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs)

@@ -13,6 +13,7 @@ from flan_t5_detox.ml.loading import load_tokenizer, read_weights, weight_files
 from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.ppo import DetoxTrainer
 from flan_t5_detox.ml.rewards import RewardModel
+from flan_t5_detox.ml.runtime import pick_dtype
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -47,7 +48,7 @@ def eight_responses(trainer, seed: int, budgets=(4, 30, 9, 22, 6, 30, 14, 11)):
 def tiny_trainer(tiny_models, config: TrainConfig, reward_fn=None) -> DetoxTrainer:
     tokenizer = load_tokenizer(tiny_models.base_model)
     policy = build_policy(
-        load_merged(tiny_models.base_model, tiny_models.peft_checkpoint),
+        load_merged(tiny_models.base_model, tiny_models.peft_checkpoint, pick_dtype(config.dtype)),
         read_lora_config(tiny_models.peft_checkpoint),
         config.seed,
     )

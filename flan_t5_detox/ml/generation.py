@@ -80,8 +80,9 @@ def _seq2seq(model):
 def run_encoder(model, tokenizer, queries: list[torch.Tensor], batch_size: int = 0) -> list[torch.Tensor]:
     """Each query's encoder states, (query length, d_model), in batches of `batch_size` (0 = all).
 
-    Rows are right-padded within a batch and padding is masked, so a row's states do not
-    depend on its batch; `generate` and the PPO scoring pass can both take them."""
+    Rows are right-padded within a batch and padding is masked, so a row's states depend on its
+    batch only through rounding (a GEMM's rounding depends on its shape); `generate` and the
+    PPO scoring pass can both take them."""
     encoder = _seq2seq(model).get_encoder()
     batch_size = batch_size or len(queries)
     states: list[torch.Tensor] = []

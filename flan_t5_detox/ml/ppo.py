@@ -217,7 +217,9 @@ class DetoxTrainer:
         if self.world.any(not torch.isfinite(scores).all()):
             raise TrainingDiverged(f"non-finite rewards at step {self.step + 1}")
         epochs = [self.plan.epoch(self.config.seed, self.step, e) for e in range(self.config.ppo_epochs)]
-        with self.trl.reusing_encoder_states(rollout.queries, rollout.encoded):
+        with self.trl.reusing_encoder_states(
+            rollout.queries, rollout.encoded, self.config.generation_batch_size
+        ):
             return self.trl.ppo_step(rollout.queries, rollout.responses, scores, epochs)
 
     def check_kl(self, kl: float) -> None:

@@ -8,6 +8,7 @@ The maths of the loss is in `ppo_loss`; the loop that rolls out, scores and call
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -17,7 +18,7 @@ from trl.core import entropy_from_logits
 from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.fast.logprobs import chosen_logprobs
 from flan_t5_detox.ml.distributed import World
-from flan_t5_detox.ml.generation import pad_states
+from flan_t5_detox.ml.generation import pad_states, run_encoder
 from flan_t5_detox.ml.ppo_loss import ppo_loss
 
 
@@ -64,7 +65,10 @@ class TrimmedPPOTrainer(PPOTrainer):
       and one backward over all its rows;
     - the policy's scoring pass takes the rollout's encoder states (`reusing_encoder_states`)
       instead of running the encoder again: same weights, same queries. The reference pass
-      (adapter off: the LoRA is on the encoder too) and training passes run the encoder;
+      (adapter off: the LoRA is on the encoder too) runs its encoder in the rollout's batches,
+      so that before the first update, when the two models are one, both passes compute the
+      same numbers and the KL is exactly 0 (a GEMM's rounding depends on its shape: bf16 turns
+      that into a KL of order 1e-2 per response). Training passes run the encoder;
     - log-probs and the entropy come from `logprobs.chosen_logprobs`, not from a full
       log-softmax (and, for the entropy statistic, three more full-vocabulary passes in
       `loss`). In the slot where trl returns the logits, training passes get the per-token
@@ -77,30 +81,35 @@ class TrimmedPPOTrainer(PPOTrainer):
     def __init__(self, *args, world: World = World(), group_padding: float = GROUP_PADDING, **kwargs):
         self.world = world
         self.group_padding = group_padding
-        # The rollout's queries and encoder states until the scoring pass takes them, else None.
-        self.pending_states: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        # Encoder states for the next no-grad pass over these queries, until a pass takes them.
+        self.pending_states: EncoderStates | None = None
         super().__init__(*args, **kwargs)
 
     @contextmanager
-    def reusing_encoder_states(self, queries: list[torch.Tensor], states: list[torch.Tensor]):
+    def reusing_encoder_states(
+        self, queries: list[torch.Tensor], states: list[torch.Tensor], batch_size: int
+    ):
         """Within this block, the first no-grad pass of the policy over these queries (trl's
         scoring pass, before any update) takes these encoder states, computed by the policy as
-        it is now. They are used up by that pass: later passes, after updates, run the encoder."""
-        self.pending_states = (queries, states)
+        it is now by `run_encoder` in batches of `batch_size`; the reference pass then runs its
+        encoder in the same batches. The states are used up by the scoring passes: later passes,
+        after updates, run the encoder."""
+        self.pending_states = EncoderStates(queries, states, batch_size)
         try:
             yield
         finally:
             self.pending_states = None
 
     def _rollout_states(self, model, rows: list[tuple[int, torch.Tensor]], length: int):
-        """The rollout's encoder states for these (batch position, query) rows, padded to `length`
+        """The pending encoder states for these (batch position, query) rows, padded to `length`
         (trl scores the batch in the rollout's order), or None where they may differ: with
-        grad, with the adapter off, or for other queries."""
+        grad, with the adapter off (`scoring_passes` gives the reference its own), or for other
+        queries."""
         if self.pending_states is None or torch.is_grad_enabled():
             return None
-        if any(getattr(module, "disable_adapters", False) for module in model.modules()):
+        if self.pending_states.adapter_on != _adapter_on(model):
             return None
-        rollout_queries, states = self.pending_states
+        rollout_queries, states = self.pending_states.queries, self.pending_states.states
         found = []
         for i, query in rows:
             if i >= len(rollout_queries) or not torch.equal(query, rollout_queries[i]):
@@ -207,10 +216,15 @@ class TrimmedPPOTrainer(PPOTrainer):
         """trl's no-grad passes before an update: the policy's log-probs, values and masks, and the
         reference's log-probs (the policy with its trained adapter off: the starting summarizer)."""
         unwrapped = self.accelerator.unwrap_model(model)
+        rollout = self.pending_states
         with torch.no_grad():
             logprobs, _, values, masks = self.batched_forward_pass(model, queries, responses, inputs)
             with unwrapped.pretrained_model.disable_adapter():
+                if rollout is not None and self.pending_states is None:  # the policy took the rollout's
+                    states = run_encoder(model, self.tokenizer, rollout.queries, rollout.batch_size)
+                    self.pending_states = EncoderStates(rollout.queries, states, rollout.batch_size, False)
                 ref_logprobs, _, _, _ = self.batched_forward_pass(model, queries, responses, inputs)
+                self.pending_states = None
         return logprobs, values, masks, ref_logprobs
 
     def response_kl(self, model, queries: list[torch.Tensor], responses: list[torch.Tensor]) -> torch.Tensor:
@@ -219,6 +233,21 @@ class TrimmedPPOTrainer(PPOTrainer):
         inputs = self.prepare_model_inputs(queries, responses)
         logprobs, _, masks, ref_logprobs = self.scoring_passes(model, queries, responses, inputs)
         return sequence_kl(logprobs, ref_logprobs, masks)
+
+
+@dataclass
+class EncoderStates:
+    """Encoder states of `queries` (one (length, d_model) tensor each) as `run_encoder` computed
+    them in batches of `batch_size`, with the trained adapter on or off."""
+
+    queries: list[torch.Tensor]
+    states: list[torch.Tensor]
+    batch_size: int
+    adapter_on: bool = True
+
+
+def _adapter_on(model) -> bool:
+    return not any(getattr(module, "disable_adapters", False) for module in model.modules())
 
 
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,19 @@ def test_ppo_measurably_raises_a_scripted_reward(tiny_models):
     assert slope > 0 and p < 1e-3
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_kl_at_step_0_is_exactly_0(tiny_models, dtype):
+    """Before the first update the policy is its reference (the fresh LoRA adds exact zeros), so
+    their scoring passes must compute the same numbers. The policy's takes the rollout's encoder
+    states: the reference must run its encoder in the same batches, or GEMMs of other shapes
+    round otherwise (in bf16, a KL of order 1e-2 at a step where the models are one)."""
+    trainer = tiny_trainer(tiny_models, tiny_config(dtype=dtype, generation_batch_size=3))
+    assert trainer.policy.pretrained_model.dtype == getattr(torch, dtype)
+    first = trainer.run_step()
+    assert first.metrics["kl"] == 0.0
+    assert trainer.run_step().metrics["kl"] != 0.0  # the same figure, once the models differ
+
+
 def test_the_pooled_trend_finds_a_rise_and_no_rise_in_noise():
     rng = np.random.default_rng(0)
     rising = [list(0.01 * np.arange(30) + rng.normal(0, 0.05, 30) + offset) for offset in (0, 1, 5)]
