@@ -7,7 +7,7 @@ policy `DetoxTrainer` builds:
 
 1. Training: trl's four mini-batches of four randomly drawn rows, forward + backward, each
    mini-batch run as one padded batch (the old way) against rows in length groups
-   (`trl_trainer.length_groups`).
+   (`grouping.length_groups`).
 2. Scoring: the policy's no-grad pass over the batch, running its encoder (the old way) against
    taking the rollout's encoder states.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from flan_t5_detox.contract.settings import TrainConfig
-from flan_t5_detox.ml import ppo, trl_trainer
+from flan_t5_detox.ml import grouping, ppo
 from flan_t5_detox.ml.adapters import load_merged, read_lora_config
 from flan_t5_detox.ml.data import Example
 from flan_t5_detox.ml.generation import run_encoder
@@ -60,7 +60,7 @@ def setup(sizes: Sizes = Sizes(), dtype: torch.dtype = torch.float32) -> Passes:
 
 
 def default_group_padding() -> float:
-    return trl_trainer.GROUP_PADDING
+    return grouping.GROUP_PADDING
 
 
 def training(passes: Passes, padding: float) -> float:

@@ -25,6 +25,7 @@ from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogi
 
 from flan_t5_detox.fast.decoder import IncrementalDecoder, decoding_products
 from flan_t5_detox.fast.logprobs import chosen_logprobs
+from flan_t5_detox.ml.grouping import length_groups
 
 
 @dataclass
@@ -78,22 +79,28 @@ def _seq2seq(model):
 
 @torch.no_grad()
 def run_encoder(model, tokenizer, queries: list[torch.Tensor], batch_size: int = 0) -> list[torch.Tensor]:
-    """Each query's encoder states, (query length, d_model), in batches of `batch_size` (0 = all).
+    """Each query's encoder states, (query length, d_model), in batches of `batch_size` (0 = all),
+    each batch run in groups of similar length (`grouping.length_groups`) to save padding.
 
-    Rows are right-padded within a batch and padding is masked, so a row's states depend on its
-    batch only through rounding (a GEMM's rounding depends on its shape); `generate` and the
-    PPO scoring pass can both take them."""
+    Rows are right-padded within a group and padding is masked, so a row's states depend on its
+    group only through rounding (a GEMM's rounding depends on its shape). The groups depend only
+    on the queries and `batch_size`: two calls on the same queries compute the same numbers, and
+    `generate`, running the encoder on each of its batches, gets what this gave it."""
     encoder = _seq2seq(model).get_encoder()
     batch_size = batch_size or len(queries)
-    states: list[torch.Tensor] = []
+    states: list[torch.Tensor | None] = [None] * len(queries)
     for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
-        mask = _right_padding_mask(chunk)
-        input_ids = torch.full(mask.shape, tokenizer.pad_token_id)
-        for i, q in enumerate(chunk):
-            input_ids[i, : len(q)] = q
-        hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        states.extend(hidden[i, : len(q)] for i, q in enumerate(chunk))
+        order = sorted(range(start, min(start + batch_size, len(queries))), key=lambda i: len(queries[i]))
+        for group in length_groups([(len(queries[i]), 0) for i in order], max_rows=len(order)):
+            rows = [order[j] for j in group]
+            chunk = [queries[i] for i in rows]
+            mask = _right_padding_mask(chunk)
+            input_ids = torch.full(mask.shape, tokenizer.pad_token_id)
+            for i, q in enumerate(chunk):
+                input_ids[i, : len(q)] = q
+            hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            for i, row in enumerate(rows):
+                states[row] = hidden[i, : len(queries[row])]
     return states
 
 

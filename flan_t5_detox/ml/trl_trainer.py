@@ -19,6 +19,7 @@ from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.fast.logprobs import chosen_logprobs
 from flan_t5_detox.ml.distributed import World
 from flan_t5_detox.ml.generation import pad_states, run_encoder
+from flan_t5_detox.ml.grouping import GROUP_PADDING, length_groups
 from flan_t5_detox.ml.ppo_loss import ppo_loss
 
 
@@ -44,11 +45,6 @@ def ppo_config(config: TrainConfig, world: World = World()) -> PPOConfig:
         seed=config.seed,
         optimize_cuda_cache=False,
     )
-
-
-# A group may carry this much padding: a separate forward pass costs a fixed overhead and
-# slightly smaller GEMMs, a padded token its full share of the work.
-GROUP_PADDING = 0.1
 
 
 class TrimmedPPOTrainer(PPOTrainer):
@@ -253,30 +249,6 @@ def _adapter_on(model) -> bool:
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Per row, the sum over its counted tokens of log p - log p_ref: trl's KL estimate."""
     return ((logprobs - ref_logprobs) * masks).sum(1)
-
-
-def length_groups(
-    lengths: list[tuple[int, int]], max_rows: int, padding: float = GROUP_PADDING
-) -> list[list[int]]:
-    """Consecutive runs of `lengths` ((query, response) tokens, sorted by response length), each
-    run at most `max_rows` long and padded to its longest query and response by at most
-    `padding` of its real tokens. Returns the index lists."""
-    groups: list[list[int]] = []
-    for i in range(len(lengths)):
-        rows = groups[-1] + [i] if groups else []
-        if rows and len(rows) <= max_rows and _padded(lengths, rows) <= (1 + padding) * _real(lengths, rows):
-            groups[-1] = rows
-        else:
-            groups.append([i])
-    return groups
-
-
-def _padded(lengths: list[tuple[int, int]], rows: list[int]) -> int:
-    return len(rows) * (max(lengths[j][0] for j in rows) + max(lengths[j][1] for j in rows))
-
-
-def _real(lengths: list[tuple[int, int]], rows: list[int]) -> int:
-    return sum(lengths[j][0] + lengths[j][1] for j in rows)
 
 
 def _seq2seq_forward(model, inputs: dict[str, torch.Tensor], with_entropy: bool, encoded=None):
