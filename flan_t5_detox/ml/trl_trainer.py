@@ -217,7 +217,7 @@ class TrimmedPPOTrainer(PPOTrainer):
             logprobs, _, values, masks = self.batched_forward_pass(model, queries, responses, inputs)
             with unwrapped.pretrained_model.disable_adapter():
                 if rollout is not None and self.pending_states is None:  # the policy took the rollout's
-                    states = run_encoder(model, self.tokenizer, rollout.queries, rollout.batch_size)
+                    states = run_encoder(unwrapped, self.tokenizer, rollout.queries, rollout.batch_size)
                     self.pending_states = EncoderStates(rollout.queries, states, rollout.batch_size, False)
                 ref_logprobs, _, _, _ = self.batched_forward_pass(model, queries, responses, inputs)
                 self.pending_states = None
