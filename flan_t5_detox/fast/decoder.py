@@ -82,7 +82,8 @@ def _t5(seq2seq):
 
 
 class IncrementalDecoder:
-    """Decodes a batch one token per `step`; `keep` drops finished rows from every cache."""
+    """Decodes a batch one token per `step`; `keep` drops finished rows, moving the last rows into
+    their places in every cache."""
 
     def __init__(self, seq2seq, encoded: torch.Tensor, attention_mask: torch.Tensor, max_steps: int):
         self.t5 = _t5(seq2seq)
@@ -142,16 +143,30 @@ class IncrementalDecoder:
         self.length += 1
         return self.t5.lm_head(hidden)[:, 0]
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (indices into the current batch); copies only the filled cache."""
-        filled = self.length
-        self.self_k = _select(self.self_k, rows, filled)
-        self.self_v = _select(self.self_v, rows, filled)
-        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
-        self.cross_mask = self.cross_mask[rows]
+    def keep(self, order: torch.Tensor) -> None:
+        """Go on with `len(order)` rows, row j being the current row `order[j]`, where `order`
+        comes from `compaction_order`: rows stay in place, or move from the tail into the places
+        of finished rows. Only the moved rows' filled caches are copied (gathering every row's
+        would copy the whole cache each time a row finishes)."""
+        places = torch.arange(len(order))
+        moved = (order != places).nonzero()[:, 0]
+        if len(moved) and bool((order[moved] < len(order)).any()):
+            raise ValueError("rows may only move from the tail into places that are free")
+        source, filled = order[moved], self.length
+        for cache in (self.self_k, self.self_v):
+            cache[:, moved, :, :filled] = cache[:, source, :, :filled]
+        self.self_k, self.self_v = self.self_k[:, : len(order)], self.self_v[:, : len(order)]
+        for k, v in self.cross:
+            k[moved], v[moved] = k[source], v[source]
+        self.cross = [(k[: len(order)], v[: len(order)]) for k, v in self.cross]
+        self.cross_mask = self.cross_mask[order]
 
 
-def _select(cache: torch.Tensor, rows: torch.Tensor, filled: int) -> torch.Tensor:
-    out = cache.new_empty((cache.shape[0], len(rows), *cache.shape[2:]))
-    out[:, :, :, :filled] = cache[:, rows, :, :filled]
-    return out
+def compaction_order(finished: torch.Tensor) -> torch.Tensor:
+    """For a batch whose rows `finished` (bool, one per row) leave it: the current row of each row
+    that goes on. Rows keep their places; the last rows going on fill the places of finished ones."""
+    going_on = (~finished).nonzero()[:, 0]
+    order = torch.arange(len(going_on))
+    holes = finished[: len(going_on)].nonzero()[:, 0]
+    order[holes] = going_on[going_on >= len(going_on)]
+    return order

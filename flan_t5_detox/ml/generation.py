@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, MinLengthLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
-from flan_t5_detox.fast.decoder import IncrementalDecoder, decoding_products
+from flan_t5_detox.fast.decoder import IncrementalDecoder, compaction_order, decoding_products
 from flan_t5_detox.fast.logprobs import chosen_logprobs
 from flan_t5_detox.ml.grouping import length_groups
 
@@ -144,7 +144,7 @@ def _sample_loop(
         if finished.any():
             for i in finished.nonzero()[:, 0].tolist():
                 done[int(rows[i])] = sequences[i].clone()
-            keep = (~finished).nonzero()[:, 0]
+            keep = compaction_order(finished)
             rows, left, sequences = rows[keep], left[keep], sequences[keep]
             if len(keep):
                 decoder.keep(keep)

@@ -6,7 +6,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import T5Config, T5ForConditionalGeneration
 
 from flan_t5_detox.fast import decoder as decoder_module
-from flan_t5_detox.fast.decoder import IncrementalDecoder, decoding_products
+from flan_t5_detox.fast.decoder import IncrementalDecoder, compaction_order, decoding_products
 from flan_t5_detox.ml.adapters import load_merged, read_lora_config
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.policy import build_policy
@@ -53,7 +53,32 @@ def _assert_matches_full_forward(seq2seq, enc, decoder_ids, tol, scaled=False, *
         torch.testing.assert_close(logits.float(), full[rows, t], atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("drop", [{}, {"drop_after": 4, "keep": torch.tensor([0, 2])}])
+def test_compaction_keeps_places_and_fills_holes_from_the_tail():
+    finished = torch.tensor([False, True, False, True, False, False, True])
+    assert compaction_order(finished).tolist() == [0, 4, 2, 5]
+    assert compaction_order(torch.tensor([True, False, False])).tolist() == [2, 1]
+    assert compaction_order(torch.tensor([False, False, True])).tolist() == [0, 1]
+    assert compaction_order(torch.tensor([True, True])).tolist() == []
+
+
+def test_keep_refuses_an_order_that_would_overwrite_a_row_still_to_move(tiny_models):
+    policy = _policy(tiny_models).eval()
+    enc = _queries(load_tokenizer(tiny_models.base_model))
+    encoded = policy.get_encoder()(**enc).last_hidden_state
+    decoder = IncrementalDecoder(policy, encoded, enc["attention_mask"], 4)
+    decoder.step(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="from the tail"):
+        decoder.keep(torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        {},
+        {"drop_after": 4, "keep": compaction_order(torch.tensor([False, True, False]))},  # truncates
+        {"drop_after": 4, "keep": compaction_order(torch.tensor([True, False, False]))},  # row 2 moves
+    ],
+)
 def test_steps_match_the_full_forward_of_the_policy_with_its_adapter(tiny_models, drop):
     policy = _policy(tiny_models).eval()
     tokenizer = load_tokenizer(tiny_models.base_model)
