@@ -62,17 +62,23 @@ def instrument_trl(trainer, m: Measurement) -> None:
 
         def timed(*args, **kwargs):
             phase = phase_of()
+            if phase is None:
+                return original(*args, **kwargs)
             with Timer(m, phase):
                 return original(*args, **kwargs)
 
         setattr(owner, name, timed)
 
     # No-grad passes score the rollout (policy log-probs + values, then the reference);
-    # passes with grad are PPO's training forwards.
+    # passes with grad are PPO's training forwards. Ours scores in `scoring_passes`, which also
+    # runs the reference's encoder: it is timed whole, and its passes within it not again.
+    ours = hasattr(trainer, "scoring_passes")
+    if ours:
+        wrap(trainer, "scoring_passes", lambda: "ppo_score")
     wrap(
         trainer,
         "batched_forward_pass",
-        lambda: "ppo_train_forward" if torch.is_grad_enabled() else "ppo_score",
+        lambda: "ppo_train_forward" if torch.is_grad_enabled() else (None if ours else "ppo_score"),
     )
     wrap(trainer.accelerator, "backward", lambda: "ppo_backward")
     wrap(trainer.optimizer, "step", lambda: "ppo_optimizer")
