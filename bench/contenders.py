@@ -228,9 +228,9 @@ def ours_ppo(w: Workload) -> dict:
     sent = {}
     ppo_step = trainer.trl.ppo_step
 
-    def step(queries, responses, scores, epochs):
+    def step(queries, responses, scores, epochs, encoded=None):
         sent["responses"] = responses  # what PPO trains on, for the token counts
-        return ppo_step(queries, responses, scores, epochs)
+        return ppo_step(queries, responses, scores, epochs, encoded)
 
     trainer.trl.ppo_step = step
     warm_up(policy, trainer.query_ids[0])

@@ -28,6 +28,7 @@ from flan_t5_detox.ml.generation import run_encoder
 from flan_t5_detox.ml.loading import load_tokenizer
 from flan_t5_detox.ml.policy import build_policy
 from flan_t5_detox.ml.runtime import set_threads
+from flan_t5_detox.ml.trl_trainer import EncoderStates
 
 from . import fixtures
 from .common import RESULTS, Sizes, Workload, command_line, make_workload
@@ -88,8 +89,8 @@ def scoring(passes: Passes, reuse: bool) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         if reuse:
-            with trainer.trl.reusing_encoder_states(queries, states, len(queries)):
-                trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs)
+            encoded = EncoderStates(queries, states, len(queries))
+            trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs, False, encoded)
         else:
             trainer.trl.batched_forward_pass(trainer.policy, queries, responses, inputs)
     return time.perf_counter() - start

@@ -32,7 +32,7 @@ from flan_t5_detox.ml.generation import (
 from flan_t5_detox.ml.heldout import HeldOut
 from flan_t5_detox.ml.minibatches import StepPlan
 from flan_t5_detox.ml.rewards import RewardFn
-from flan_t5_detox.ml.trl_trainer import TrimmedPPOTrainer, ppo_config
+from flan_t5_detox.ml.trl_trainer import EncoderStates, TrimmedPPOTrainer, ppo_config
 
 
 class TrainingDiverged(RuntimeError):
@@ -217,10 +217,8 @@ class DetoxTrainer:
         if self.world.any(not torch.isfinite(scores).all()):
             raise TrainingDiverged(f"non-finite rewards at step {self.step + 1}")
         epochs = [self.plan.epoch(self.config.seed, self.step, e) for e in range(self.config.ppo_epochs)]
-        with self.trl.reusing_encoder_states(
-            rollout.queries, rollout.encoded, self.config.generation_batch_size
-        ):
-            return self.trl.ppo_step(rollout.queries, rollout.responses, scores, epochs)
+        encoded = EncoderStates(rollout.queries, rollout.encoded, self.config.generation_batch_size)
+        return self.trl.ppo_step(rollout.queries, rollout.responses, scores, epochs, encoded)
 
     def check_kl(self, kl: float) -> None:
         if not math.isfinite(kl) or kl > self.config.max_kl:

@@ -7,7 +7,6 @@ The maths of the loss is in `ppo_loss`; the loop that rolls out, scores and call
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +58,7 @@ class TrimmedPPOTrainer(PPOTrainer):
       `length_groups`. Padding is on the right and masked, rows never interact, and results
       come back in the caller's order and width; a training mini-batch is still one loss
       and one backward over all its rows;
-    - the policy's scoring pass takes the rollout's encoder states (`reusing_encoder_states`)
+    - the policy's scoring pass takes the rollout's encoder states (`ppo_step`'s `encoded`)
       instead of running the encoder again: same weights, same queries. The reference pass
       (adapter off: the LoRA is on the encoder too) runs its encoder in the rollout's batches,
       so that before the first update, when the two models are one, both passes compute the
@@ -77,48 +76,24 @@ class TrimmedPPOTrainer(PPOTrainer):
     def __init__(self, *args, world: World = World(), group_padding: float = GROUP_PADDING, **kwargs):
         self.world = world
         self.group_padding = group_padding
-        # Encoder states for the next no-grad pass over these queries, until a pass takes them.
-        self.pending_states: EncoderStates | None = None
         super().__init__(*args, **kwargs)
 
-    @contextmanager
-    def reusing_encoder_states(
-        self, queries: list[torch.Tensor], states: list[torch.Tensor], batch_size: int
+    def batched_forward_pass(
+        self,
+        model,
+        queries,
+        responses,
+        model_inputs,
+        return_logits=False,
+        encoded: EncoderStates | None = None,
     ):
-        """Within this block, the first no-grad pass of the policy over these queries (trl's
-        scoring pass, before any update) takes these encoder states, computed by the policy as
-        it is now by `run_encoder` in batches of `batch_size`; the reference pass then runs its
-        encoder in the same batches. The states are used up by the scoring passes: later passes,
-        after updates, run the encoder."""
-        self.pending_states = EncoderStates(queries, states, batch_size)
-        try:
-            yield
-        finally:
-            self.pending_states = None
-
-    def _rollout_states(self, model, rows: list[tuple[int, torch.Tensor]], length: int):
-        """The pending encoder states for these (batch position, query) rows, padded to `length`
-        (trl scores the batch in the rollout's order), or None where they may differ: with
-        grad, with the adapter off (`scoring_passes` gives the reference its own), or for other
-        queries."""
-        if self.pending_states is None or torch.is_grad_enabled():
-            return None
-        if self.pending_states.adapter_on != _adapter_on(model):
-            return None
-        rollout_queries, states = self.pending_states.queries, self.pending_states.states
-        found = []
-        for i, query in rows:
-            if i >= len(rollout_queries) or not torch.equal(query, rollout_queries[i]):
-                return None
-            found.append(states[i])
-        return pad_states(found, length)
-
-    def batched_forward_pass(self, model, queries, responses, model_inputs, return_logits=False):
+        """trl's pass (see the class); `encoded`: these queries' encoder states, computed by `model`
+        as it is now, to take instead of running its encoder."""
         if self.tokenizer.padding_side != "right" or "decoder_input_ids" not in model_inputs:
             return super().batched_forward_pass(model, queries, responses, model_inputs, return_logits)
         width = model_inputs["decoder_input_ids"].shape[1] - 1  # trl's outputs drop the last position
         order = sorted(range(len(queries)), key=lambda i: (len(responses[i]), len(queries[i])))
-        parts, reused = [], False
+        parts = []
         for rows in length_groups(
             [(len(queries[i]), len(responses[i])) for i in order],
             self.config.mini_batch_size,
@@ -127,12 +102,9 @@ class TrimmedPPOTrainer(PPOTrainer):
             rows = [order[i] for i in rows]
             inputs = _trim_padding({k: v[rows] for k, v in model_inputs.items()})
             length = inputs["attention_mask"].shape[1]
-            encoded = self._rollout_states(model, [(i, queries[i]) for i in rows], length)
-            reused = reused or encoded is not None
-            part = _seq2seq_forward(model, inputs, return_logits, encoded)
+            states = None if encoded is None else encoded.padded([(i, queries[i]) for i in rows], length)
+            part = _seq2seq_forward(model, inputs, return_logits, states)
             parts.append([None if t is None else _pad_to(t, width) for t in part])
-        if reused:  # one pass only: the next no-grad pass may come after an update
-            self.pending_states = None
         back = torch.tensor(order).argsort()  # to the caller's row order
         logprobs, entropy, values, masks = (
             None if ts[0] is None else torch.cat(ts)[back] for ts in zip(*parts)
@@ -152,6 +124,7 @@ class TrimmedPPOTrainer(PPOTrainer):
         responses: list[torch.Tensor],
         scores: torch.Tensor,
         epochs: list[list[list[int]]],
+        encoded: EncoderStates | None = None,
     ) -> dict[str, float]:
         """trl's PPO step (scoring and reference passes, KL-penalised rewards, mini-batch updates
         through `train_minibatch`, the KL controller) on this process's rows, with statistics over
@@ -162,9 +135,12 @@ class TrimmedPPOTrainer(PPOTrainer):
         With trl's `early_stopping`, the updates stop after the first mini-batch whose policy KL
         exceeds 1.5 x `target_kl`, as trl's `step` does; that statistic is already the global
         mini-batch's, so every process stops at the same one. `ppo/epochs` says how many epochs
-        ran: mini-batch updates done over mini-batches per epoch."""
+        ran: mini-batch updates done over mini-batches per epoch. `encoded`: the rollout's encoder
+        states, for the scoring passes (`scoring_passes`); the training passes run the encoder."""
         inputs = self.prepare_model_inputs(queries, responses)
-        logprobs, values, masks, ref_logprobs = self.scoring_passes(self.model, queries, responses, inputs)
+        logprobs, values, masks, ref_logprobs = self.scoring_passes(
+            self.model, queries, responses, inputs, encoded
+        )
         kl_coef = self.kl_ctl.value
         rewards, _ = self.compute_rewards(list(scores), logprobs, ref_logprobs, masks)
         logprobs, values = logprobs.float(), values.float()
@@ -208,19 +184,21 @@ class TrimmedPPOTrainer(PPOTrainer):
         policy_kl = float(minibatch_stats["policy/policykl"])
         return bool(self.config.early_stopping) and policy_kl > 1.5 * self.config.target_kl
 
-    def scoring_passes(self, model, queries: list[torch.Tensor], responses: list[torch.Tensor], inputs):
+    def scoring_passes(self, model, queries, responses, inputs, encoded: EncoderStates | None = None):
         """trl's no-grad passes before an update: the policy's log-probs, values and masks, and the
-        reference's log-probs (the policy with its trained adapter off: the starting summarizer)."""
+        reference's log-probs (the policy with its trained adapter off: the starting summarizer).
+        With the rollout's encoder states (`encoded`), the policy's pass takes them and the
+        reference runs its encoder in the same batches (see the class)."""
         unwrapped = self.accelerator.unwrap_model(model)
-        rollout = self.pending_states
         with torch.no_grad():
-            logprobs, _, values, masks = self.batched_forward_pass(model, queries, responses, inputs)
+            logprobs, _, values, masks = self.batched_forward_pass(
+                model, queries, responses, inputs, False, encoded
+            )
             with unwrapped.pretrained_model.disable_adapter():
-                if rollout is not None and self.pending_states is None:  # the policy took the rollout's
-                    states = run_encoder(unwrapped, self.tokenizer, rollout.queries, rollout.batch_size)
-                    self.pending_states = EncoderStates(rollout.queries, states, rollout.batch_size, False)
-                ref_logprobs, _, _, _ = self.batched_forward_pass(model, queries, responses, inputs)
-                self.pending_states = None
+                reference = None if encoded is None else encoded.recomputed(unwrapped, self.tokenizer)
+                ref_logprobs, _, _, _ = self.batched_forward_pass(
+                    model, queries, responses, inputs, False, reference
+                )
         return logprobs, values, masks, ref_logprobs
 
     def response_kl(self, model, queries: list[torch.Tensor], responses: list[torch.Tensor]) -> torch.Tensor:
@@ -234,16 +212,25 @@ class TrimmedPPOTrainer(PPOTrainer):
 @dataclass
 class EncoderStates:
     """Encoder states of `queries` (one (length, d_model) tensor each) as `run_encoder` computed
-    them in batches of `batch_size`, with the trained adapter on or off."""
+    them in batches of `batch_size`."""
 
     queries: list[torch.Tensor]
     states: list[torch.Tensor]
     batch_size: int
-    adapter_on: bool = True
 
+    def padded(self, rows: list[tuple[int, torch.Tensor]], length: int) -> torch.Tensor:
+        """The states of these (batch position, query) rows, padded to `length` (trl scores the
+        batch in the rollout's order)."""
+        for i, query in rows:
+            if i >= len(self.queries) or not torch.equal(query, self.queries[i]):
+                raise ValueError(f"encoder states given for other queries than row {i}'s")
+        return pad_states([self.states[i] for i, _ in rows], length)
 
-def _adapter_on(model) -> bool:
-    return not any(getattr(module, "disable_adapters", False) for module in model.modules())
+    def recomputed(self, model, tokenizer) -> EncoderStates:
+        """The same queries through `model`'s encoder, in the same batches."""
+        return EncoderStates(
+            self.queries, run_encoder(model, tokenizer, self.queries, self.batch_size), self.batch_size
+        )
 
 
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

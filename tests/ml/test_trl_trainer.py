@@ -13,7 +13,7 @@ from flan_t5_detox.contract.settings import TrainConfig
 from flan_t5_detox.ml.distributed import World
 from flan_t5_detox.ml.generation import run_encoder
 from flan_t5_detox.ml.grouping import GROUP_PADDING
-from flan_t5_detox.ml.trl_trainer import ppo_config
+from flan_t5_detox.ml.trl_trainer import EncoderStates, ppo_config
 from tests.helpers import eight_responses, tiny_config, tiny_trainer
 
 
@@ -186,53 +186,64 @@ def test_gradients_in_bf16_are_as_close_to_fp32_as_trl_own(tiny_models):
 
 
 def test_policy_scoring_reuses_the_rollout_encoder_states_and_nothing_else_does(tiny_models):
-    """Inside `reusing_encoder_states`, the policy's first no-grad pass takes the given states
-    (true states: the same outputs; zeroed states: different ones, so they were used), while
-    the reference pass (adapter off), a training pass (grad) and a second policy pass (it
-    could follow an update) still run the encoder."""
+    """A pass given encoder states takes them (true states: the same outputs; zeroed states:
+    different ones, so they were used). In trl's scoring passes the policy's takes the rollout's,
+    the reference (adapter off) runs its own encoder in the rollout's batches, and in a PPO step
+    the training passes (grad) run the encoder. States of other queries are refused."""
     trainer, queries, responses, padded = _batch_of_eight(tiny_models)
     pretrained = trainer.policy.pretrained_model
 
-    def passes(given=None):
-        def run(grad=False, adapter=True):
-            with torch.set_grad_enabled(grad):
-                if adapter:
-                    out = trainer.trl.batched_forward_pass(trainer.policy, queries, responses, padded)
-                else:
-                    with pretrained.disable_adapter():
-                        out = trainer.trl.batched_forward_pass(trainer.policy, queries, responses, padded)
-            return [None if t is None else t.detach() for t in out]
-
-        if given is None:
-            return run(), run(adapter=False), run(grad=True), run()
-        with trainer.trl.reusing_encoder_states(queries, given, len(queries)):
-            return run(), run(adapter=False), run(grad=True), run()
+    def run(encoded=None, adapter=True):
+        with torch.no_grad():
+            if adapter:
+                return trainer.trl.batched_forward_pass(
+                    trainer.policy, queries, responses, padded, False, encoded
+                )
+            with pretrained.disable_adapter():
+                return trainer.trl.batched_forward_pass(
+                    trainer.policy, queries, responses, padded, False, encoded
+                )
 
     with torch.no_grad():  # a trained-looking detox adapter: with it off, the encoder differs
         for name, param in pretrained.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
     states = run_encoder(trainer.policy, trainer.tokenizer, queries)
-    zeroed = [torch.zeros_like(s) for s in states]
-    plain, reused, wrong = passes(), passes(states), passes(zeroed)
-    mask = plain[0][3].bool()
+    zeroed = EncoderStates(queries, [torch.zeros_like(s) for s in states], 3)
+    plain, reused, wrong = run(), run(EncoderStates(queries, states, 8)), run(zeroed)
+    plain_reference = run(adapter=False)
+    mask = plain[3].bool()
     # The given states are the encoder's for another batch shape: the same up to the rounding of
     # GEMMs of that shape, which the trained-looking adapter amplifies to 5e-5 in log-probs of up to
     # 20 nats (measured under the kernels of each CPU kind, with MKL's thread count of the moment).
     # 1e-3 keeps a margin of 20 over that, and of 18,000 under what wrong states do (18 nats).
-    for a, b in zip(plain, reused):  # every pass: the same outputs
-        torch.testing.assert_close(a[0][mask], b[0][mask], atol=1e-3, rtol=0)
-        torch.testing.assert_close(a[2][mask], b[2][mask], atol=1e-4, rtol=0)
-    assert not torch.allclose(wrong[0][0][mask], plain[0][0][mask], atol=1e-3)  # the states were used
-    for i in (1, 2, 3):  # not by the reference pass, nor with grad, nor by a second policy pass
-        torch.testing.assert_close(wrong[i][0][mask], plain[i][0][mask], atol=1e-3, rtol=0)
-    assert trainer.trl.pending_states is None  # the block ends the reuse
+    torch.testing.assert_close(plain[0][mask], reused[0][mask], atol=1e-3, rtol=0)
+    torch.testing.assert_close(plain[2][mask], reused[2][mask], atol=1e-4, rtol=0)
+    assert not torch.allclose(wrong[0][mask], plain[0][mask], atol=1e-3)  # the states were used
+
     # trl's scoring passes: the policy's takes the given states, the reference runs its own encoder
-    with torch.no_grad(), trainer.trl.reusing_encoder_states(queries, zeroed, 3):
-        logprobs, _, _, ref_logprobs = trainer.trl.scoring_passes(trainer.policy, queries, responses, padded)
-        assert trainer.trl.pending_states is None  # used up by them
-    torch.testing.assert_close(logprobs[mask], wrong[0][0][mask])
-    torch.testing.assert_close(ref_logprobs[mask], plain[1][0][mask], atol=1e-3, rtol=0)
+    logprobs, _, _, ref_logprobs = trainer.trl.scoring_passes(
+        trainer.policy, queries, responses, padded, zeroed
+    )
+    torch.testing.assert_close(logprobs[mask], wrong[0][mask])
+    torch.testing.assert_close(ref_logprobs[mask], plain_reference[0][mask], atol=1e-3, rtol=0)
+
+    # a PPO step: only its two scoring passes get states, the given ones only the policy's
+    given = []
+    forward = trainer.trl.batched_forward_pass
+
+    def recording(model, qs, rs, inputs, return_logits=False, encoded=None):
+        given.append((torch.is_grad_enabled(), encoded))
+        return forward(model, qs, rs, inputs, return_logits, encoded)
+
+    trainer.trl.batched_forward_pass = recording
+    trainer.trl.ppo_step(queries, responses, torch.zeros(8), [[[0, 1, 2, 3], [4, 5, 6, 7]]], zeroed)
+    assert [grad for grad, _ in given] == [False, False, True, True]
+    assert given[0][1] is zeroed and given[1][1] is not zeroed and given[1][1].batch_size == 3
+    assert given[2][1] is None and given[3][1] is None
+
+    with pytest.raises(ValueError, match="other queries"):
+        run(EncoderStates(queries[::-1], states[::-1], 8))
 
 
 def _batch_of_eight(tiny_models, dtype="float32"):
