@@ -17,7 +17,9 @@ are not counted apart, so the self times of a section add up to its wall time le
 The profiler adds a cost to every call it records: the section's unprofiled time (its warm-up
 run) says how much, and operators of many short calls look larger than they are.
 GEMMs (`aten::mm`, `addmm`, `bmm`) are set against the best GFLOP/s `bench.roofline` measures
-for their dtype: "at peak" is the time they would take at that rate.
+for their dtype: "at peak" is the time they would take at that rate. Copies a GEMM makes of its
+operands (a kernel that cannot take an operand's strides copies it first) are their own rows,
+"copy inside GEMM": not in the GEMM's self time, but caused by it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from .common import RESULTS, Sizes, command_line, loadavg, machine
 from .roofline import gemm_gflops
 
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm")
+# Operators that copy a tensor: within a GEMM they are the copies the GEMM makes of operands its
+# kernel cannot take in their strides (e.g. a cache's prefix view), which count against the GEMM.
+COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")
 # The dtype names the profiler records, as torch names them.
 DTYPE_NAMES = {"float": "float32", "c10::BFloat16": "bfloat16", "c10::Half": "float16", "double": "float64"}
 
@@ -49,6 +54,7 @@ class OperatorTime:
 
     name: str
     dtypes: str  # of its tensor inputs, e.g. "bfloat16,float32"
+    within: str = ""  # the GEMM a copy runs inside, if any
     calls: int = 0
     self_s: float = 0.0
     gflop: float = 0.0
@@ -59,6 +65,8 @@ class OperatorTime:
             return "GEMM"
         if self.name in ("aten::copy_", "aten::_to_copy") and "," in self.dtypes:
             return "cast"  # a copy between two dtypes
+        if self.within:
+            return "copy inside GEMM"
         return "other"
 
 
@@ -85,6 +93,16 @@ def _tensor_dtypes(dtypes: list[str], shapes: list[list[int]]) -> str:
     return ",".join(sorted(set(names))) or "-"
 
 
+def _enclosing_gemm(event) -> str:
+    """The GEMM a copying operator runs inside (its nearest GEMM ancestor), or ""."""
+    if event.name not in COPIES:
+        return ""
+    parent = event.cpu_parent
+    while parent is not None and parent.name not in GEMMS:
+        parent = parent.cpu_parent
+    return parent.name if parent is not None else ""
+
+
 def profiled(name: str, work) -> Section:
     """`work()` once to warm up (timed), then once under torch.profiler; its operators by self time."""
     start = time.perf_counter()
@@ -98,7 +116,7 @@ def profiled(name: str, work) -> Section:
     inputs = {e.correlation_id(): (e.dtypes(), e.shapes()) for e in prof.profiler.kineto_results.events()}
     table: dict[tuple[str, str], OperatorTime] = {}
     for event in prof.events():
-        key = (event.name, _tensor_dtypes(*inputs.get(event.id, ([], []))))
+        key = (event.name, _tensor_dtypes(*inputs.get(event.id, ([], []))), _enclosing_gemm(event))
         op = table.setdefault(key, OperatorTime(*key))
         op.calls += 1
         op.self_s += event.self_cpu_time_total / 1e6
@@ -156,8 +174,9 @@ def render(report: dict) -> str:
         for op in ops[:12]:
             rate = op.gflop / op.self_s if op.gflop and op.self_s else 0.0
             of_peak = f"{rate / peaks[op.dtypes]:.0%}" if rate and op.dtypes in peaks else ""
+            name = f"{op.name} in {op.within}" if op.within else op.name
             lines.append(
-                f"| {op.name} | {op.dtypes} | {op.calls} | {op.self_s:.3f} | {op.self_s / wall:.0%} | "
+                f"| {name} | {op.dtypes} | {op.calls} | {op.self_s:.3f} | {op.self_s / wall:.0%} | "
                 f"{f'{rate:.1f}' if rate else ''} | {of_peak} |"
             )
         lines.append("")
