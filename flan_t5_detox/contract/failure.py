@@ -7,7 +7,9 @@ output/message (ExitMessage). User errors print one clear line, no traceback.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -53,7 +55,14 @@ class _CurrentStdoutHandler(logging.StreamHandler):
 JOB_HANDLER_NAME = "flan_t5_detox.job"
 
 
+# `kill -USR1 PID` makes a job's process print every thread's Python stack to its log (stderr)
+# and go on: what a job that hangs is waiting on, without stopping it.
+DUMP_STACKS = signal.SIGUSR1
+
+
 def setup_logging() -> None:
+    """The job's log on stdout, SageMaker's log stream; stacks dumped on `DUMP_STACKS`."""
+    faulthandler.register(DUMP_STACKS, file=sys.__stderr__, all_threads=True)
     handler = _CurrentStdoutHandler()
     handler.set_name(JOB_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

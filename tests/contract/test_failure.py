@@ -1,7 +1,10 @@
 import logging
+import subprocess
 import sys
+import time
 
 from flan_t5_detox.contract.failure import (
+    DUMP_STACKS,
     EXIT_BAD_INPUT,
     EXIT_ERROR,
     JOB_HANDLER_NAME,
@@ -61,3 +64,30 @@ def test_job_logging_follows_whatever_stdout_is_now(monkeypatch, capsys):
         assert logging.getLogger("transformers").level == logging.ERROR
     finally:
         logging.getLogger().removeHandler(handlers[0])
+
+
+def test_a_job_process_prints_its_stacks_on_the_dump_signal_and_goes_on():
+    # A job process waiting in a function of its own (here: for a line on stdin).
+    program = (
+        "import sys\n"
+        "from flan_t5_detox.contract.failure import setup_logging\n"
+        "def waiting_for_its_peers():\n"
+        "    print('ready', flush=True)\n"
+        "    return sys.stdin.readline()\n"
+        "setup_logging()\n"
+        "print('went on with', waiting_for_its_peers().strip(), flush=True)\n"
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert job.stdout.readline() == "ready\n"
+    job.send_signal(DUMP_STACKS)
+    time.sleep(0.5)  # the dump is written by the signal handler, at once
+    out, err = job.communicate("the step\n", timeout=30)
+    assert job.returncode == 0, err
+    assert out == "went on with the step\n"
+    assert "waiting_for_its_peers" in err and "Current thread" in err

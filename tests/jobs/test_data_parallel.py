@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM
 
+from flan_t5_detox.contract.failure import DUMP_STACKS
 from flan_t5_detox.contract.memory import MARKER
 from flan_t5_detox.contract.metrics import METRIC_NAMES
 from flan_t5_detox.ml import checkpoint
@@ -43,12 +45,16 @@ def _start(root, port, **env):
 
 def _output(job, timeout) -> str:
     """The job's output once it ends; a job still running after `timeout` seconds fails the test
-    and is killed with its ranks, so none is left behind."""
+    with each of its processes' stacks (what it waits on), and is killed with its ranks, so none
+    is left behind."""
     try:
         return job.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
+        for process in [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]:
+            process.send_signal(DUMP_STACKS)  # one at a time: their dumps share the pipe
+            time.sleep(0.5)
         os.killpg(job.pid, signal.SIGKILL)
-        pytest.fail(f"the job did not end within {timeout} s:\n{job.communicate()[0][-3000:]}")
+        pytest.fail(f"the job did not end within {timeout} s:\n{job.communicate()[0][-12000:]}")
 
 
 def _hosts(train_layout, name, **settings):
@@ -112,10 +118,8 @@ def test_two_ranks_stopped_by_sigterm_resume_on_one(train_layout):
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         assert job.poll() is None and time.time() < deadline, job.stdout.read()[-3000:]
         time.sleep(0.05)
-    sent = time.time()
     job.send_signal(signal.SIGTERM)  # to the host's job, which passes it to its two ranks
-    output = _output(job, 120)
-    assert time.time() - sent < 60  # the ranks end at once: no group teardown waits on a peer
+    output = _output(job, 60)  # the ranks end at once: no group teardown waits on a peer
     assert job.returncode == 143, output[-3000:]
     stopped_at = checkpoint.latest(root / "checkpoints").step
     assert 2 <= stopped_at < 10
