@@ -5,6 +5,7 @@ checkpoint of the last finished step."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -30,19 +31,37 @@ class Preempted(Exception):
 
 
 class SigtermGuard:
-    """Turns SIGTERM into `Preempted` raised in the main thread while training runs."""
+    """Turns SIGTERM into `Preempted` raised in the main thread while training runs, at once
+    (a step is cut short: its state is dropped for the last finished one) or, inside
+    `deferred()`, when the section ends."""
 
     def __enter__(self):
         self.received = False
+        self._deferring = False
 
         def handler(signum, frame):
             # One-shot: a second SIGTERM must not interrupt writing the checkpoint.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.received = True
-            raise Preempted()
+            if not self._deferring:
+                raise Preempted()
 
         self._previous = signal.signal(signal.SIGTERM, handler)
         return self
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A section that SIGTERM must not cut: code that keeps state outside the step. Raised
+        inside a library's call, `Preempted` can leave it broken: TensorBoard's writer, cut
+        after queueing a record but before waking its thread, makes the next flush wait for
+        the thread's own timer (two minutes)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.received:
+            raise Preempted()
 
     def settle(self) -> bool:
         """Whether SIGTERM arrived, counting one that came while the main thread waited in C
@@ -142,7 +161,7 @@ class TrainingRun:
             self.best = Best(self.trainer.step, self.trainer.last_good.trainable)
             log.info("step %d is the best so far by keep_best's rule", self.trainer.step)
 
-    def _steps(self, max_steps: int, start: dict, progress: Progress) -> None:
+    def _steps(self, max_steps: int, start: dict, progress: Progress, sigterm: SigtermGuard) -> None:
         """PPO steps to `max_steps`; rank 0 logs, keeps the best and checkpoints after each."""
         from tqdm import tqdm
 
@@ -151,19 +170,25 @@ class TrainingRun:
         with bar:
             while trainer.step < max_steps:
                 result = trainer.run_step()
-                bar.update(1)
-                if not main:
-                    continue
-                self.metrics.append(result.metrics)
-                print(format_metrics_line(result.metrics, progress.done(trainer.step)), flush=True)
-                if self.events is not None:
-                    self.events.write(result.metrics)
-                if self.best_rule is not None and start:
-                    self._keep_best(start)
-                if self.after_step is not None:
-                    self.after_step(trainer.step)
-                if self.checkpoint_every and trainer.step % self.checkpoint_every == 0:
-                    self._checkpoint()
+                with sigterm.deferred():  # the finished step's records are written whole
+                    bar.update(1)
+                    if main:
+                        self._record(result.metrics, start, progress)
+
+    def _record(self, metrics: dict, start: dict, progress: Progress) -> None:
+        """A finished step's metrics line, metrics.jsonl and events, keep_best's choice, the
+        after-step hook and the checkpoint on its cadence."""
+        step = self.trainer.step
+        self.metrics.append(metrics)
+        print(format_metrics_line(metrics, progress.done(step)), flush=True)
+        if self.events is not None:
+            self.events.write(metrics)
+        if self.best_rule is not None and start:
+            self._keep_best(start)
+        if self.after_step is not None:
+            self.after_step(step)
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            self._checkpoint()
 
     def run(self, max_steps: int) -> RunOutcome:
         trainer, main = self.trainer, self.trainer.world.is_main
@@ -178,7 +203,7 @@ class TrainingRun:
         with SigtermGuard() as sigterm:
             try:
                 try:
-                    self._steps(max_steps, start, progress)
+                    self._steps(max_steps, start, progress, sigterm)
                 except RuntimeError as exc:
                     # With peers, SIGTERM stops every rank, each at its own point: a rank waiting in
                     # a collective sees the peers that left as an error. That is the same stop.

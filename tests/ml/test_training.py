@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from flan_t5_detox.contract.metrics import MetricsLog
 from flan_t5_detox.ml import checkpoint
@@ -229,6 +230,33 @@ def test_every_step_and_every_held_out_evaluation_reach_tensorboard_and_a_resume
     assert [e.step for e in scalars["heldout/toxicity"]] == [0, 2, 3, 4]
     assert [e.value for e in scalars["heldout/toxicity"]] == pytest.approx([0.20, 0.10, 0.05, 0.12])
     assert [e.step for e in scalars["heldout/rouge_l"]] == [0, 2, 3, 4]
+
+
+def test_sigterm_while_a_step_is_recorded_ends_the_run_once_its_records_are_whole(tmp_path, monkeypatch):
+    # SIGTERM arrives inside TensorBoard's writer, as step 2's first scalar is added. Raised there,
+    # the stop cut the step's events short, and could leave the writer's queue unwoken, so that
+    # closing it waited two minutes for the writer thread's timer.
+    add_scalar = SummaryWriter.add_scalar
+
+    def signalled(writer, tag, value, global_step=None, *args, **kwargs):
+        if global_step == 2 and not signalled.sent:
+            signalled.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return add_scalar(writer, tag, value, global_step, *args, **kwargs)
+
+    signalled.sent = False
+    monkeypatch.setattr(SummaryWriter, "add_scalar", signalled)
+    events = tmp_path / "tensorboard"
+    metrics = MetricsLog(tmp_path / "out" / "metrics.jsonl")
+    run = TrainingRun(EvaluatedTrainer(FIGURES), tmp_path / "checkpoints", metrics, 0, events=events)
+    started = time.monotonic()
+    outcome = run.run(4)
+    assert time.monotonic() - started < 30
+    assert (outcome.steps, outcome.preempted) == (2, True)
+    assert checkpoint.latest(tmp_path / "checkpoints").step == 2
+    scalars = read_events(events)
+    assert [e.step for e in scalars["heldout/toxicity"]] == [0, 2]  # step 2's records are whole
+    assert [e.step for e in scalars["heldout/rouge_l"]] == [0, 2]
 
 
 def test_the_metrics_line_says_how_far_the_run_is_and_how_long_is_left(tmp_path, capsys):
