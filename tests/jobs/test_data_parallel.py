@@ -1,6 +1,7 @@
 """Data-parallel training for real: ranks as separate `detox-train` processes meeting over
 loopback through torch.distributed (gloo), as the hosts of a multi-instance job do."""
 
+import contextlib
 import json
 import os
 import signal
@@ -50,9 +51,11 @@ def _output(job, timeout) -> str:
     try:
         return job.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
-        for process in [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]:
-            process.send_signal(DUMP_STACKS)  # one at a time: their dumps share the pipe
-            time.sleep(0.5)
+        host = psutil.Process(job.pid)
+        for process in [host, *host.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):  # one that ended since: nothing to dump
+                process.send_signal(DUMP_STACKS)  # one at a time: their dumps share the pipe
+                time.sleep(0.5)
         os.killpg(job.pid, signal.SIGKILL)
         pytest.fail(f"the job did not end within {timeout} s:\n{job.communicate()[0][-12000:]}")
 
