@@ -229,8 +229,27 @@ class EvaluateRecipe:
             output = self.env.output(REPORT_OUTPUT)
             part = shards.write_part(output, self.env.current_host, measured, report.context_json(context))
             log.info("part: %s (merge all hosts' parts with `evaluate merge`)", part)
+            if self.config.wait_for_hosts:
+                self.wait_for_hosts()
             return 0
         return report_measurements(self.env, measured, context)
+
+    def wait_for_hosts(self) -> None:
+        """`wait_for_hosts`: stay until every host has written its part. A host that waits in
+        vain says so and still succeeds: its part is written, and the merge refuses parts that
+        do not cover the sample."""
+        from flan_t5_detox.contract.cluster import rendezvous
+        from flan_t5_detox.ml import distributed
+
+        seconds = self.config.wait_for_hosts
+        hosts = len(self.env.hosts)
+        log.info("waiting up to %g s for the other %d host(s) to write their parts", seconds, hosts - 1)
+        try:
+            distributed.wait_for_all(rendezvous(self.env, 1, os.environ), seconds)
+        except distributed.RendezvousFailed as exc:
+            log.warning("the hosts did not all meet: %s", exc)
+            return
+        log.info("all %d hosts have written their parts", hosts)
 
 
 def evaluate(env: ProcessingJobEnvironment, config: EvalConfig, scratch: Path) -> int:

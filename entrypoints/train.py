@@ -253,6 +253,9 @@ def train(env: TrainingJobEnvironment, scratch: Path, local_rank: int = 0) -> in
             return EXIT_PREEMPTED
         if recipe.world.is_main:
             recipe.save(outcome)
+        # The other ranks end once model/ is written: the SageMaker SDK's local mode (docker
+        # compose) stops every container when the first one exits.
+        recipe.world.barrier()
         return 0
     finally:
         # A rank stopped by SIGTERM leaves its process group as it is (see `end_stopped`).

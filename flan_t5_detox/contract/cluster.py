@@ -1,5 +1,6 @@
-"""Where the ranks of a data-parallel training job meet: torch.distributed's static `env://`
-rendezvous, built from the job's resource config as AWS's own training containers do.
+"""Where the ranks of a data-parallel training job meet (and the hosts of a sharded evaluation,
+when they wait for each other): torch.distributed's static `env://` rendezvous, built from the
+job's resource config as AWS's own training containers do.
 
 Host i of the sorted `hosts` is node rank i; rank 0 (the first process of the environment's
 `master_host`, the first sorted host) serves the rendezvous on port 7777; gloo talks over the
@@ -14,7 +15,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flan_t5_detox.contract.environment import TrainingJobEnvironment
+from flan_t5_detox.contract.environment import JobHosts
 
 MASTER_PORT = 7777
 
@@ -53,9 +54,7 @@ class Rendezvous:
         return env
 
 
-def rendezvous(
-    env: TrainingJobEnvironment, processes_per_host: int, process_env: Mapping[str, str]
-) -> Rendezvous:
+def rendezvous(env: JobHosts, processes_per_host: int, process_env: Mapping[str, str]) -> Rendezvous:
     """The rendezvous of this job's host, given the process environment it starts in."""
     # One host meets on loopback: its name need not resolve, and gloo needs no interface named.
     several = len(env.hosts) > 1

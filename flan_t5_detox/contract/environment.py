@@ -56,6 +56,13 @@ class JobHosts:
 
     current_host: str
     hosts: tuple[str, ...]
+    network_interface_name: str = ""  # the interface the hosts reach each other on; "" when not given
+
+    @property
+    def master_host(self) -> str:
+        """The host whose first process serves the rendezvous: the first of the sorted hosts, as
+        every host derives it alike."""
+        return self.hosts[0]
 
     @property
     def host_index(self) -> int:
@@ -73,6 +80,7 @@ def _read_hosts(resource_config: Mapping, current_default: str) -> dict[str, obj
     return {
         "current_host": str(resource_config.get("current_host", current_default)),
         "hosts": tuple(sorted(resource_config.get("hosts", [host_name(0)]))),
+        "network_interface_name": str(resource_config.get("network_interface_name", "")),
     }
 
 
@@ -86,13 +94,6 @@ class TrainingJobEnvironment(JobHosts):
     checkpoint_dir: Path
     model_dir: Path
     output_data_dir: Path
-    network_interface_name: str  # the interface the hosts reach each other on; "" when not given
-
-    @property
-    def master_host(self) -> str:
-        """The host whose first process serves the rendezvous: the first of the sorted hosts, as
-        every host derives it alike."""
-        return self.hosts[0]
 
     @classmethod
     def from_root(cls, root: Path | str = ML_ROOT, env: Mapping[str, str] | None = None):
@@ -108,7 +109,6 @@ class TrainingJobEnvironment(JobHosts):
             checkpoint_dir=Path(env.get("SM_CHECKPOINT_DIR", checkpoint_dir)),
             model_dir=Path(env.get("SM_MODEL_DIR", paths.model_dir)),
             output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", paths.output_data_dir)),
-            network_interface_name=str(resource_config.get("network_interface_name", "")),
             **_read_hosts(resource_config, env.get("SM_CURRENT_HOST", host_name(0))),
         )
 

@@ -165,6 +165,10 @@ class EvalConfig(JobSettings):
     bootstrap_samples: int = setting(10000, at_least(100))
     confidence: float = setting(0.95, between(0, 1))
     examples_in_report: int = 5
+    # On several hosts: seconds a host that wrote its part waits for every other host to write
+    # theirs before it exits (0 = it exits at once). SageMaker's own hosts run to their ends
+    # alone; the SDK's local mode (docker compose) stops every container when the first exits.
+    wait_for_hosts: float = setting(0.0, at_least(0, "0 = exit at once"))
 
     def combination_problems(self) -> list[str]:
         problems = super().combination_problems()

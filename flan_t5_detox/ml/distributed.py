@@ -72,6 +72,11 @@ class World:
         dist.broadcast(buffer, src=0)
         return buffer.numpy().tobytes()
 
+    def barrier(self) -> None:
+        """Return once every rank has called it."""
+        if self.size > 1:
+            dist.barrier()
+
     def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Each rank's tensor (same shape on each), in rank order."""
         if self.size == 1:
@@ -114,7 +119,7 @@ def join(rendezvous: Rendezvous, local_rank: int, timeout: float) -> World:
             timeout=timedelta(seconds=timeout),
         )
         dist.barrier()  # every rank is here: the group is whole
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:  # TimeoutError: rank 0's store never answered
         raise RendezvousFailed(
             f"rank {rank} of {rendezvous.world_size}: the ranks did not all meet at {where} within "
             f"{timeout:g} s ({str(exc).splitlines()[0]}). Check that every host started and that "
@@ -126,3 +131,9 @@ def join(rendezvous: Rendezvous, local_rank: int, timeout: float) -> World:
 def leave(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wait_for_all(rendezvous: Rendezvous, timeout: float) -> None:
+    """Return once one process of every host has called this, or raise `RendezvousFailed` after
+    `timeout` seconds without them all."""
+    leave(join(rendezvous, 0, timeout))

@@ -112,8 +112,8 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
     image, train_layout, tiny_models, sample_dataset, s3_server, tmp_path
 ):
     """The SDK's local processing with `instance_count=2` (inputs and outputs through the test's
-    S3 server): each container writes its own part, and a one-container merge job builds the
-    report from both."""
+    S3 server): each container writes its own part, waiting for the other's (`wait_for_hosts`),
+    and a one-container merge job builds the report from both."""
     from detox_entrypoints import train
     from sagemaker.processing import ProcessingInput
 
@@ -129,6 +129,7 @@ def test_sagemaker_sdk_local_mode_shards_the_evaluation_on_two_containers_then_m
     session = sdk_local_session(tmp_path, s3_server.url)
     settings = ["--num-samples", "8", "--generation-batch-size", "4", "--max-new-tokens", "12"]
     settings += ["--bootstrap-samples", "200", "--num-threads", "1", "--samples-per-prompt", "2"]
+    settings += ["--wait-for-hosts", "600"]  # compose stops both containers when the first exits
     with compose_cleaned():
         _processor(session, image, 2).run(
             inputs=inputs,

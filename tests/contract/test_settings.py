@@ -97,7 +97,7 @@ def test_the_shared_part_is_one_set_of_fields_in_both_jobs():
         assert all(getattr(cls(), name) == getattr(JobSettings(), name) for name in shared)
     # Each job has its own generation batch: rollouts take the whole PPO batch by default.
     assert (TrainConfig().generation_batch_size, EvalConfig().generation_batch_size) == (0, 16)
-    assert len(field_types(TrainConfig)) == 45 and len(field_types(EvalConfig)) == 25
+    assert len(field_types(TrainConfig)) == 45 and len(field_types(EvalConfig)) == 26
 
 
 def test_the_machine_checks_refuse_or_warn_and_nothing_else():

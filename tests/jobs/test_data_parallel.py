@@ -29,13 +29,13 @@ SETTINGS = dict(max_ppo_steps=4, batch_size=8, mini_batch_size=4, ppo_epochs=2, 
 HELDOUT = dict(eval_every=2, eval_samples=8, generation_batch_size=4)
 
 
-def _start(root, port, **env):
+def _start(root, port, command=TRAIN, **env):
     """One host's job; the host names do not resolve here, so rank 0 is reached on loopback."""
     environment = dict(
         os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1", **env
     )
     return subprocess.Popen(
-        [*TRAIN, "--ml-root", str(root)],
+        [*command, "--ml-root", str(root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -110,6 +110,31 @@ def test_two_hosts_train_exactly_as_one_host_with_the_same_global_batch(train_la
     )
     # Only rank 0 prints the metric lines SageMaker's metric definitions read.
     assert outputs[0].count("step=") >= 4 and "step=" not in outputs[1]
+
+
+# Rank 0's job with a save that takes 3 s longer (a bigger adapter, a slower disk).
+SLOW_SAVE = """
+import sys, time
+from detox_entrypoints import train
+save = train.TrainRecipe.save
+train.TrainRecipe.save = lambda recipe, outcome: (time.sleep(3), save(recipe, outcome))
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_the_other_hosts_end_only_once_rank_0_has_written_the_model(train_layout):
+    """Under the SageMaker SDK's local mode, the first container to exit stops the others: a host
+    that ended while rank 0 still saved would lose model/."""
+    port = free_port()
+    first, second = _hosts(train_layout, "slow-save", **dict(SETTINGS, max_ppo_steps=1))
+    rank_0 = _start(first, port, command=[sys.executable, "-c", SLOW_SAVE])
+    rank_1 = _start(second, port)
+    output = _output(rank_1, 300)
+    assert rank_1.returncode == 0, output[-2000:]
+    written = (first / "model" / "adapter_info.json").is_file()  # as rank 1 ends
+    output_0 = _output(rank_0, 120)
+    assert rank_0.returncode == 0, output_0[-2000:]
+    assert written, "rank 1 ended before rank 0 had written model/"
 
 
 def test_two_ranks_stopped_by_sigterm_resume_on_one(train_layout):

@@ -6,11 +6,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 import torch
 from detox_entrypoints import evaluate, train
 
+from flan_t5_detox.contract.cluster import free_port
 from flan_t5_detox.contract.hosts import host_names
 from flan_t5_detox.contract.layout import write_processing_layout, write_training_layout
 from flan_t5_detox.ml import report
@@ -299,6 +301,68 @@ def test_shards_merged_give_the_one_host_report(tmp_path, tiny_models, sample_da
     assert {k: m["sha256"] for k, m in b["models"].items()} == {
         k: m["sha256"] for k, m in a["models"].items()
     }
+
+
+def _host_layouts(tmp_path, inputs, names):
+    """One processing layout per host, each told it is its host of `names`."""
+    roots = {}
+    for host in names:
+        roots[host] = write_processing_layout(tmp_path / host, inputs)
+        (roots[host] / "config" / "resourceconfig.json").write_text(
+            json.dumps({"current_host": host, "hosts": names})
+        )
+    return roots
+
+
+def _part(root):
+    return sorted((root / "processing" / "output" / "report").glob("part-*.json"))
+
+
+def test_a_host_that_waits_for_hosts_stays_until_every_part_is_written(
+    tmp_path, tiny_models, sample_dataset, trained
+):
+    """`wait_for_hosts`: algo-2, done first, stays until algo-1 has written its part too (the SDK's
+    local mode stops every container when the first one exits); then both exit, having met."""
+    roots = _host_layouts(tmp_path, _inputs(tiny_models, sample_dataset, trained), host_names(2))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    command = [*EVALUATE, *SETTINGS, "--wait-for-hosts", "300", "--ml-root"]
+    logs = {host: tmp_path / f"{host}.log" for host in roots}
+    with logs["algo-2"].open("w") as log:
+        second = subprocess.Popen(
+            [*command, str(roots["algo-2"])], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not _part(roots["algo-2"]) and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _part(roots["algo-2"]), logs["algo-2"].read_text()
+        time.sleep(3)
+        assert second.poll() is None, logs["algo-2"].read_text()  # its part written, it waits
+        with logs["algo-1"].open("w") as log:
+            first = subprocess.run(
+                [*command, str(roots["algo-1"])], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300
+            )
+        assert first.returncode == 0, logs["algo-1"].read_text()
+        assert second.wait(timeout=120) == 0, logs["algo-2"].read_text()
+    finally:
+        second.kill()
+    for host, root in roots.items():
+        assert [p.name for p in _part(root)] == [f"part-{host}.json"]
+        assert "all 2 hosts have written their parts" in logs[host].read_text()
+
+
+def test_a_host_whose_peers_never_come_stops_waiting_and_keeps_its_part(
+    tmp_path, tiny_models, sample_dataset, trained
+):
+    roots = _host_layouts(tmp_path, _inputs(tiny_models, sample_dataset, trained), host_names(2))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    command = [*EVALUATE, *SETTINGS, "--wait-for-hosts", "2", "--ml-root", str(roots["algo-1"])]
+    done = subprocess.run(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout
+    assert [p.name for p in _part(roots["algo-1"])] == ["part-algo-1.json"]
+    assert "the hosts did not all meet: rank 0 of 2: the ranks did not all meet" in done.stdout
 
 
 def test_merge_refuses_parts_that_do_not_cover_the_sample(tmp_path, tiny_models, sample_dataset, trained):

@@ -1,6 +1,7 @@
 """World's reductions on one process (identities) and on two real gloo processes over loopback."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,7 @@ def _rank(local_rank, port, out):
     }
     with open(f"{out}-{r}.json", "w") as handle:
         json.dump(result, handle)
+    world.barrier()
     distributed.leave(world)
 
 
@@ -50,11 +52,29 @@ def test_two_gloo_ranks_reduce_gather_and_share_rank_0s_bytes(tmp_path):
         assert result["from_main"] == "state of rank 0" and result["from_main_none"]
 
 
-def test_a_missing_peer_fails_the_rendezvous_in_bounded_time(monkeypatch):
+@pytest.mark.parametrize("rank", [0, 1], ids=["rank 0 alone", "rank 0 never comes"])
+def test_a_missing_peer_fails_the_rendezvous_in_bounded_time(monkeypatch, rank):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # join sets them: restored after
         monkeypatch.setenv(name, "")
-    meeting = Rendezvous("127.0.0.1", free_port(), 0, 2, 1)
+    meeting = Rendezvous("127.0.0.1", free_port(), rank, 2, 1)
     with pytest.raises(
-        distributed.RendezvousFailed, match=r"rank 0 of 2: the ranks did not all meet .* within 3 s"
+        distributed.RendezvousFailed, match=rf"rank {rank} of 2: the ranks did not all meet .* within 3 s"
     ):
         distributed.join(meeting, 0, timeout=3)
+
+
+def test_wait_for_all_returns_once_every_host_has_called_it(tmp_path):
+    port = free_port()
+    mp.start_processes(_waiting_host, (port, str(tmp_path)), nprocs=2, start_method="spawn")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1"]
+    assert float((tmp_path / "0").read_text()) >= 2.0  # host 0 waited for host 1, which came 2 s late
+
+
+def _waiting_host(index, port, out):
+    import time
+
+    started = time.monotonic()
+    if index == 1:
+        time.sleep(2)
+    distributed.wait_for_all(Rendezvous("127.0.0.1", port, index, 2, 1), timeout=60)
+    (Path(out) / str(index)).write_text(str(time.monotonic() - started))
