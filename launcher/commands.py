@@ -295,6 +295,11 @@ def _local_hosts(options: Options, job: jobs.TrainJob, root: Path, client, dry_r
 def _local_sharded(options: Options, job: jobs.EvalJob, root: Path, client, out) -> int:
     """An evaluation on N instances, here: each host in turn with its own /opt/ml (root/<host>),
     its part collected into root/parts, then the merge job (root/merge) writes the report."""
+    if float(options.evaluate.get("wait_for_hosts", 0)):
+        raise LaunchError(
+            "wait_for_hosts: here the hosts run in turn, so a host would wait for hosts that have not "
+            "started; leave it at 0 (it is for the SageMaker SDK's local mode, whose hosts run at once)"
+        )
     parts = root / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     for index in range(job.resources.instance_count):

@@ -258,9 +258,11 @@ def test_local_evaluation_on_two_hosts_merges_to_the_one_host_report(
     ]  # fmt: skip
     code, out, err = launch("local", "evaluate", "--no-docker", "--work-dir", tmp_path / "one", *common)
     assert code == 0, err
-    code, out, err = launch(
-        "local", "evaluate", "--no-docker", "--work-dir", tmp_path / "two", "--instance-count", "2", *common
-    )
+    two_hosts = ["local", "evaluate", "--no-docker", "--instance-count", "2", *common]
+    code, out, err = launch(*two_hosts, "--work-dir", tmp_path / "waits", "--eval", "wait_for_hosts=60")
+    assert code == 2 and "wait_for_hosts: here the hosts run in turn" in err, err
+    assert not (tmp_path / "waits").exists()  # refused before any host ran
+    code, out, err = launch(*two_hosts, "--work-dir", tmp_path / "two")
     assert code == 0, err
     for host in ("algo-1", "algo-2"):
         config = json.loads((tmp_path / "two" / host / "config" / "resourceconfig.json").read_text())
